@@ -1,0 +1,45 @@
+# edgecap — two commands do everything on a fresh machine:
+#   make demo   create .venv, install, caption a sample image (tiny random model if no real one)
+#   make test   install test dependencies, lint, type-check, run the whole suite
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check
+
+.PHONY: demo test lint typecheck pytest bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+# Stamp files: reinstall only when pyproject.toml changes.
+$(VENV)/.runtime: pyproject.toml | $(PY)
+	@echo "Installing edgecap (first time compiles llama.cpp, ~5 min on 2 cores; pip caches the wheel)"
+	$(PIP) install --quiet -e '.[tools]'
+	@touch $@
+
+$(VENV)/.test: pyproject.toml | $(PY)
+	@echo "Installing edgecap with test dependencies"
+	$(PIP) install --quiet -e '.[test]'
+	@touch $@ $(VENV)/.runtime
+
+demo: $(VENV)/.runtime
+	$(VENV)/bin/edgecap demo
+
+lint: $(VENV)/.test
+	$(PY) -m ruff check edgecap tools tests
+	$(PY) -m ruff format --check edgecap tools tests
+
+typecheck: $(VENV)/.test
+	$(PY) -m mypy
+
+pytest: $(VENV)/.test
+	$(PY) -m pytest
+
+test: lint typecheck pytest
+
+bench: $(VENV)/.runtime
+	$(PY) tools/bench.py
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,100 @@
+"""All defaults in one place, with one precedence rule: flag > ``EDGECAP_*`` environment > default.
+
+Only :func:`load_settings` reads the process environment. Everything else receives a
+:class:`Settings` object as an argument.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PIXELS_PER_TOKEN = 28 * 28  # one image token = a 28x28 pixel cell after the 2x2 merge
+
+# Default image budget. On a 2-core CPU the 7B vision encoder costs roughly 10-25 ms per image
+# token (docs/performance.md); 1024 tokens (~0.8 MP, e.g. 1036x756) keeps a caption around
+# ten-odd seconds while leaving enough detail to read signs and count objects. Requests may ask
+# for up to the ceiling (4096 tokens ~ 3.2 MP, llama.cpp's own default maximum).
+DEFAULT_MIN_PIXELS = 4 * PIXELS_PER_TOKEN
+DEFAULT_MAX_PIXELS = 1024 * PIXELS_PER_TOKEN
+CEILING_MAX_PIXELS = 4096 * PIXELS_PER_TOKEN
+
+DEFAULT_PROMPT = (
+    "Describe this image in detail, including the main subjects, their actions, "
+    "the setting, colors, and any visible text."
+)
+
+
+def default_home() -> Path:
+    return Path(platformdirs.user_data_dir("edgecap", appauthor=False))
+
+
+class Settings(BaseSettings):
+    """Runtime settings. Construct with keyword overrides (from CLI flags) or via load_settings."""
+
+    model_config = SettingsConfigDict(env_prefix="EDGECAP_", extra="forbid", frozen=True)
+
+    home: Path = Field(default_factory=default_home, description="Model store, caches, task DB")
+    offline: bool = Field(False, description="Refuse every outbound network access")
+
+    # Images
+    max_image_bytes: int = Field(32 * 1024 * 1024, gt=0, description="Largest encoded image")
+    max_image_megapixels: float = Field(
+        64.0, gt=0, description="Largest decoded image, checked from the header before decoding"
+    )
+    min_pixels: int = Field(DEFAULT_MIN_PIXELS, ge=PIXELS_PER_TOKEN)
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=PIXELS_PER_TOKEN)
+    max_pixels_ceiling: int = Field(CEILING_MAX_PIXELS, ge=PIXELS_PER_TOKEN)
+
+    # Network fetches (image URLs, webhooks, uploads)
+    fetch_timeout_s: float = Field(20.0, gt=0)
+    fetch_max_redirects: int = Field(3, ge=0, le=20)
+    url_allowlist: list[str] = Field(
+        default_factory=list,
+        description="Hosts or CIDR ranges allowed even if private/link-local (e.g. 127.0.0.1)",
+    )
+
+    # Engine
+    model: str | None = Field(None, description="Default model: registry name, alias or path")
+    n_threads: int | None = Field(None, ge=1, description="Default: physical cores")
+    n_ctx: int = Field(8192, ge=512)
+    n_gpu_layers: int = Field(0, ge=-1, description="-1 = all layers on the GPU")
+    mmproj_gpu: bool = True
+    image_cache_entries: int = Field(32, ge=0)
+    image_cache_dir: Path | None = Field(None, description="Persist image embeddings here")
+    system_prompt: str | None = None
+    default_prompt: str = DEFAULT_PROMPT
+    max_tokens: int = Field(256, ge=1, le=8192)
+
+    # Server
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    api_keys: list[str] = Field(default_factory=list, repr=False)
+    queue_size: int = Field(64, ge=1)
+    sync_timeout_s: float = Field(120.0, gt=0)
+    max_body_bytes: int = Field(48 * 1024 * 1024, gt=0)
+    result_ttl_s: int = Field(24 * 3600, ge=60)
+    upload_retention_days: int = Field(30, ge=1)
+    cost_per_second: float = Field(0.0002, ge=0, description="USD per compute second")
+    webhook_retries: int = Field(5, ge=0, le=20)
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "tasks.sqlite3"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.home / "uploads"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from EDGECAP_* environment, with non-None ``overrides`` (CLI flags) on top."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
