@@ -1,0 +1,5 @@
+import sys
+
+from edgecap.cli import main
+
+sys.exit(main())

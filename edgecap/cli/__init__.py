@@ -1,0 +1,52 @@
+"""The ``edgecap`` command: a thin shell that parses, calls one library function, and renders.
+
+Each subcommand lives in its own module exposing ``add_parser(subparsers)``; the parser it adds
+sets ``func`` (taking the parsed namespace, returning an exit code). Library errors are
+translated here, once: a message on stderr and exit code 2 — never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from edgecap import __version__
+from edgecap.errors import EdgecapError
+
+# Subcommand modules, in the order ``--help`` lists them.
+SUBCOMMANDS = ("caption", "serve", "models", "doctor", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgecap", description="Offline image captioning with Qwen2.5-VL on llama.cpp."
+    )
+    parser.add_argument("--version", action="version", version=f"edgecap {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"edgecap.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"edgecap.cli.{name}":
+                raise
+            continue  # subcommand not built yet
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except EdgecapError as exc:
+        print(f"edgecap: error: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("edgecap: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
