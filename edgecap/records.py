@@ -8,6 +8,7 @@ Wire-level validation lives in ``edgecap.server.schema``; by the time a request 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 FinishReason = Literal["stop", "length", "loop", "cancelled"]
@@ -84,3 +85,13 @@ class CaptionResult:
     @property
     def compute_seconds(self) -> float:
         return sum(self.timings.values())
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """A resolved model: the two GGUF files llama.cpp loads, and what they are."""
+
+    id: str
+    text: Path
+    mmproj: Path
+    random_weights: bool = False  # the demo model built from seeded random weights
