@@ -29,6 +29,7 @@ class LoadedImage:
     original_height: int
     sha256: str
     source_format: str = ""
+    load_seconds: float = 0.0  # time spent fetching, decoding and resizing
 
     @property
     def tokens(self) -> int:
@@ -53,7 +54,7 @@ class Sampling:
 class CaptionRequest:
     """One image and an instruction, ready for the engine."""
 
-    image: LoadedImage
+    image: LoadedImage | None  # None: a text-only question
     prompt: str
     system_prompt: str | None = None
     sampling: Sampling = field(default_factory=Sampling)
