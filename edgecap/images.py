@@ -1,0 +1,414 @@
+"""Turn any image source into a :class:`LoadedImage`: read, guard, decode, rotate, RGB, budget.
+
+Every image takes the same path, whoever sends it (CLI, server, batch):
+
+1. **read** the encoded bytes — a file path, raw bytes, an http(s) URL (through
+   :mod:`edgecap.netguard`), a data URI, plain base64, or ``"-"`` for stdin — capped at
+   ``settings.max_image_bytes``;
+2. **guard**: the dimensions are read from the header (``Image.open`` is lazy) and checked
+   against ``settings.max_image_megapixels`` before any pixel is decoded;
+3. **decode** the first frame, apply the EXIF orientation, convert to RGB (alpha on white);
+4. **budget**: resize with bicubic to the size the reference processor would pick
+   (:func:`smart_resize`), so llama.cpp receives exact multiples of 28 and never resizes again.
+
+The image is identified by the sha256 of its encoded bytes, never by its path or URL.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import hashlib
+import io
+import math
+import re
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError, features
+
+from edgecap import netguard
+from edgecap.config import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, PIXELS_PER_TOKEN, Settings
+from edgecap.errors import InvalidInputImage
+from edgecap.records import LoadedImage
+
+FACTOR = 28  # patch size 14 x spatial merge 2: the side of one image token
+MAX_ASPECT_RATIO = 200  # the reference processor refuses anything longer and thinner
+
+# Formats Pillow decodes itself. Everything else Pillow could open (EPS calls Ghostscript,
+# PSD, ICO, ...) is refused: less attack surface, and none of it is a photo format.
+BUILTIN_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+
+ImageSource = str | bytes | Path
+BASE64_TEXT = "the base64 text (no file of that name exists)"
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """The bytes of an image as received, and how messages should name where they came from."""
+
+    data: bytes
+    described: str  # e.g. "the file 'cat.jpg'", "the base64 string"
+
+
+def load_image(
+    source: ImageSource,
+    settings: Settings,
+    *,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    stdin: BinaryIO | None = None,
+) -> LoadedImage:
+    """Read, check, decode and budget-resize an image from any supported source.
+
+    ``min_pixels``/``max_pixels`` override the settings' budget for this image (clamped by
+    :func:`pixel_budget`). ``stdin`` is read for the source ``"-"`` (default: the process's
+    stdin). Raises :class:`InvalidInputImage`, or :class:`DownloadFailed` for URLs.
+    """
+    started = time.perf_counter()
+    low, high = pixel_budget(settings, min_pixels=min_pixels, max_pixels=max_pixels)
+    encoded = read_source(source, settings, stdin=stdin)
+    image, source_format = decode_image(encoded, settings)
+    height, width = smart_resize(image.height, image.width, min_pixels=low, max_pixels=high)
+    resized = image.resize((width, height), Image.Resampling.BICUBIC)
+    return LoadedImage(
+        rgb=resized.tobytes(),
+        width=width,
+        height=height,
+        original_width=image.width,
+        original_height=image.height,
+        sha256=hashlib.sha256(encoded.data).hexdigest(),
+        source_format=source_format,
+        load_seconds=time.perf_counter() - started,
+    )
+
+
+# ---------------------------------------------------------------------------- image budget
+
+
+def pixel_budget(
+    settings: Settings, *, min_pixels: int | None = None, max_pixels: int | None = None
+) -> tuple[int, int]:
+    """The effective ``(min_pixels, max_pixels)`` for one image.
+
+    Requested values (default: the settings') are clamped to
+    ``[PIXELS_PER_TOKEN, settings.max_pixels_ceiling]``; a minimum above the maximum is lowered
+    to it, so asking only for a small maximum is never an error.
+    """
+
+    def clamp(value: int) -> int:
+        return max(PIXELS_PER_TOKEN, min(value, settings.max_pixels_ceiling))
+
+    high = clamp(settings.max_pixels if max_pixels is None else max_pixels)
+    low = clamp(settings.min_pixels if min_pixels is None else min_pixels)
+    return min(low, high), high
+
+
+def smart_resize(
+    height: int,
+    width: int,
+    factor: int = FACTOR,
+    min_pixels: int = DEFAULT_MIN_PIXELS,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> tuple[int, int]:
+    """The ``(height, width)`` the Qwen2-VL processor resizes an image to.
+
+    The rule of transformers 4.57.1 ``qwen2_vl.image_processing_qwen2_vl.smart_resize``, result
+    for result: both sides become multiples of ``factor``, the area lands in
+    ``[min_pixels, max_pixels]`` where the aspect ratio allows, and the aspect ratio is kept as
+    closely as possible. Sides under ``factor`` are scaled up (1x1 becomes 56x56 at the default
+    minimum). Only an aspect ratio above 200 is refused, as the reference does. Also as in the
+    reference, an image too thin for ``max_pixels`` keeps its short side at ``factor`` and then
+    exceeds ``max_pixels`` (by fewer than ``MAX_ASPECT_RATIO`` tokens).
+    """
+    if height <= 0 or width <= 0:
+        raise InvalidInputImage(f"The image has no pixels ({width}x{height}).")
+    if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
+        raise InvalidInputImage(
+            f"The image is {width}x{height} pixels: its aspect ratio "
+            f"{max(height, width) / min(height, width):.0f}:1 is above the "
+            f"{MAX_ASPECT_RATIO}:1 the model accepts. Crop or pad it first."
+        )
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+# ---------------------------------------------------------------------------- reading sources
+
+
+def read_source(
+    source: ImageSource, settings: Settings, *, stdin: BinaryIO | None = None
+) -> EncodedImage:
+    """The encoded bytes of ``source``, at most ``settings.max_image_bytes`` long.
+
+    Strings are told apart in this order: ``"-"`` (stdin), a URL scheme, ``data:``, an existing
+    file, then strict base64. Messages say which kind was assumed.
+    """
+    limit = settings.max_image_bytes
+    if isinstance(source, bytes):
+        return EncodedImage(_capped(source, limit, "the image data"), "the image data")
+    if isinstance(source, Path):
+        return _read_file(source, limit)
+    if not source.strip():
+        raise InvalidInputImage("No image given: the image source is an empty string.")
+    if source == "-":
+        stream = stdin if stdin is not None else sys.stdin.buffer
+        return EncodedImage(_capped(stream.read(limit + 1), limit, "stdin"), "stdin")
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", source):
+        data = netguard.fetch(source, settings, max_bytes=limit)
+        return EncodedImage(data, f"the image downloaded from {_short(source)}")
+    if source[:5].lower() == "data:":
+        return EncodedImage(_decode_data_uri(source, limit), "the data URI")
+    if _is_existing_path(source):
+        return _read_file(Path(source), limit)
+    return EncodedImage(_decode_plain_base64(source, limit), BASE64_TEXT)
+
+
+def _read_file(path: Path, limit: int) -> EncodedImage:
+    described = f"the file '{path}'"
+    try:
+        size = path.stat().st_size
+        if size > limit:
+            raise _too_many_bytes(described, size, limit)
+        return EncodedImage(path.read_bytes(), described)
+    except FileNotFoundError as exc:
+        raise InvalidInputImage(f"No such file: '{path}'. Check the path.") from exc
+    except IsADirectoryError as exc:
+        raise InvalidInputImage(f"'{path}' is a directory, not an image file.") from exc
+    except OSError as exc:
+        raise InvalidInputImage(f"Could not read {described}: {exc.strerror or exc}.") from exc
+
+
+def _is_existing_path(text: str) -> bool:
+    try:
+        return Path(text).exists()
+    except (OSError, ValueError):  # too long for a file name, or a NUL byte: not a path
+        return False
+
+
+def _decode_data_uri(uri: str, limit: int) -> bytes:
+    header, comma, payload = uri.partition(",")
+    if not comma or not header.lower().endswith(";base64"):
+        raise InvalidInputImage(
+            "The data URI is not base64-encoded; send it as data:image/png;base64,<data>."
+        )
+    return _b64decode(payload, limit, "the data URI")
+
+
+def _decode_plain_base64(text: str, limit: int) -> bytes:
+    try:
+        return _b64decode(text, limit, BASE64_TEXT)
+    except InvalidInputImage:
+        looks_like_path = len(text) < 1024 and ("/" in text or "\\" in text or "." in text)
+        if looks_like_path:
+            raise InvalidInputImage(
+                f"No such file: '{_short(text)}' (the text is not a URL, data URI or base64 "
+                "either). Check the path."
+            ) from None
+        raise
+
+
+def _b64decode(text: str, limit: int, described: str) -> bytes:
+    """Strict base64 (standard or URL-safe alphabet; whitespace and missing padding tolerated)."""
+    compact = "".join(text.split())
+    if len(compact) * 3 // 4 > limit:
+        raise _too_many_bytes(described, len(compact) * 3 // 4, limit)
+    if not re.fullmatch(r"[A-Za-z0-9+/_-]+={0,2}", compact):
+        raise InvalidInputImage(
+            f"{_sentence_start(described)} is not valid base64. "
+            "Send a file path, an http(s) URL, a data URI or base64-encoded image bytes."
+        )
+    padded = compact.rstrip("=")
+    padded += "=" * (-len(padded) % 4)
+    try:
+        return base64.b64decode(padded.translate(str.maketrans("-_", "+/")), validate=True)
+    except binascii.Error as exc:
+        raise InvalidInputImage(
+            f"{_sentence_start(described)} is not valid base64: {exc}."
+        ) from exc
+
+
+def _capped(data: bytes, limit: int, described: str) -> bytes:
+    if len(data) > limit:
+        raise _too_many_bytes(described, len(data), limit)
+    return data
+
+
+def _too_many_bytes(described: str, size: int, limit: int) -> InvalidInputImage:
+    shown = f"{size:,} bytes" if size <= limit + 1 else "more"
+    return InvalidInputImage(
+        f"{_sentence_start(described)} is too large ({shown}; the limit is {limit:,} bytes, "
+        "max_image_bytes / EDGECAP_MAX_IMAGE_BYTES). Send a smaller or more compressed image."
+    )
+
+
+def _sentence_start(text: str) -> str:
+    """Upper-case the first letter only (``str.capitalize`` would lower-case a file name)."""
+    return text[:1].upper() + text[1:]
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# ---------------------------------------------------------------------------- decoding
+
+
+def decode_image(encoded: EncodedImage, settings: Settings) -> tuple[Image.Image, str]:
+    """Decode the first frame as an upright RGB image; also return the format name.
+
+    The header's dimensions are checked against ``settings.max_image_megapixels`` before any
+    pixel is decoded. Every decoding failure becomes :class:`InvalidInputImage`.
+    """
+    what = encoded.described
+    if not encoded.data:
+        raise InvalidInputImage(f"{_sentence_start(what)} is empty (0 bytes).")
+    image = _open_lazily(encoded)
+    width, height = image.size
+    limit = settings.max_image_megapixels
+    if width * height > limit * 1_000_000:
+        raise InvalidInputImage(
+            f"{_sentence_start(what)} is {width}x{height} pixels ({width * height / 1e6:.0f} MP), "
+            f"above the {limit:g} MP limit (max_image_megapixels / "
+            "EDGECAP_MAX_IMAGE_MEGAPIXELS). Downscale it first."
+        )
+    source_format = image.format or ""
+    try:
+        image.load()
+        return to_rgb(ImageOps.exif_transpose(image)), source_format
+    # Pillow's decoders raise many exception types on malformed input (OSError, SyntaxError,
+    # struct.error, IndexError, ...); none of them may reach the user as a traceback.
+    except Exception as exc:
+        raise InvalidInputImage(
+            f"{_sentence_start(what)} is truncated or corrupt ({source_format}: {exc}). "
+            "Re-export or re-download the image."
+        ) from exc
+
+
+def _open_lazily(encoded: EncodedImage) -> Image.Image:
+    """``Image.open``: reads the header only; refuses formats outside our list."""
+    what = encoded.described
+    try:
+        return Image.open(io.BytesIO(encoded.data), formats=supported_formats())
+    except Image.DecompressionBombError as exc:
+        raise InvalidInputImage(
+            f"{_sentence_start(what)} is too large to decode safely ({exc}). Downscale it first."
+        ) from exc
+    except UnidentifiedImageError as exc:
+        raise InvalidInputImage(
+            missing_plugin_hint(encoded.data, what)
+            or f"{_sentence_start(what)} is not an image in a supported format "
+            f"({', '.join(supported_formats())})."
+        ) from exc
+    except Exception as exc:  # a recognised header that fails to parse: see decode_image
+        raise InvalidInputImage(f"{_sentence_start(what)} has a corrupt header ({exc}).") from exc
+
+
+@functools.cache
+def supported_formats() -> tuple[str, ...]:
+    """Pillow format names we decode: the built-in list, plus HEIF/AVIF when available.
+
+    Registers the optional ``pillow-heif`` / ``pillow-avif-plugin`` openers on first call.
+    """
+    formats = list(BUILTIN_FORMATS)
+    try:
+        import pillow_heif  # type: ignore[import-not-found]
+    except ImportError:
+        pass
+    else:
+        pillow_heif.register_heif_opener()
+        formats.append("HEIF")
+    if features.check("avif"):  # Pillow >= 11.3 wheels decode AVIF themselves
+        formats.append("AVIF")
+    else:
+        try:
+            import pillow_avif  # type: ignore[import-not-found]  # noqa: F401  (registers itself)
+        except ImportError:
+            pass
+        else:
+            formats.append("AVIF")
+    return tuple(formats)
+
+
+# ISO-BMFF brands (the "ftyp" box) -> (format, the extra that decodes it).
+FTYP_BRANDS = {
+    b"avif": ("AVIF", "avif"),
+    b"avis": ("AVIF", "avif"),
+    **{brand: ("HEIC", "heif") for brand in (b"heic", b"heix", b"heim", b"heis", b"hevc")},
+    **{brand: ("HEIF", "heif") for brand in (b"mif1", b"msf1")},
+}
+
+
+def missing_plugin_hint(data: bytes, described: str) -> str | None:
+    """If ``data`` is a HEIC/AVIF file we cannot decode, the message saying what to install."""
+    if data[4:8] != b"ftyp":
+        return None
+    box_size = int.from_bytes(data[0:4], "big")
+    brands = [data[8:12]] + [data[i : i + 4] for i in range(16, min(box_size, 64), 4)]
+    known = [FTYP_BRANDS[b] for b in brands if b in FTYP_BRANDS]
+    if not known:
+        return None
+    # AVIF files also carry the generic HEIF brand "mif1": prefer the specific one.
+    kind, extra = next((k for k in known if k[0] == "AVIF"), known[0])
+    if kind in supported_formats():
+        return None
+    return (
+        f"{_sentence_start(described)} is a {kind} image, which needs an optional decoder: "
+        f"pip install 'edgecap[{extra}]'."
+    )
+
+
+# ---------------------------------------------------------------------------- colour
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode as 8-bit RGB: alpha composited on white, 16-bit scaled down."""
+    convert = MODE_CONVERTERS.get(image.mode)
+    if convert is not None:
+        return convert(image)
+    if "transparency" in image.info:  # a palette, or a PNG with one transparent colour
+        return _composite_on_white(image)
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _composite_on_white(image: Image.Image) -> Image.Image:
+    rgba = image.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
+
+
+def _sixteen_bit_to_rgb(image: Image.Image) -> Image.Image:
+    # Pillow's own convert() clips 16-bit values at 255 (a near-white image); scale instead.
+    # 32-bit "I" images come from 16-bit PNG/TIFF files, so they get the same 0..65535 range.
+    values = np.asarray(image).astype(np.float64).clip(0, 65535)
+    grey = np.rint(values / 257).astype(np.uint8)
+    return Image.fromarray(grey).convert("RGB")
+
+
+MODE_CONVERTERS: dict[str, Callable[[Image.Image], Image.Image]] = {
+    "RGBA": _composite_on_white,
+    "RGBa": _composite_on_white,
+    "LA": _composite_on_white,
+    "La": _composite_on_white,
+    "PA": _composite_on_white,
+    "I;16": _sixteen_bit_to_rgb,
+    "I;16L": _sixteen_bit_to_rgb,
+    "I;16B": _sixteen_bit_to_rgb,
+    "I;16N": _sixteen_bit_to_rgb,
+    "I": _sixteen_bit_to_rgb,
+}
