@@ -333,7 +333,7 @@ def supported_formats() -> tuple[str, ...]:
     else:
         pillow_heif.register_heif_opener()
         formats.append("HEIF")
-    if features.check("avif"):  # Pillow >= 11.3 wheels decode AVIF themselves
+    if features.check("avif"):  # recent Pillow wheels decode AVIF themselves
         formats.append("AVIF")
     else:
         try:
