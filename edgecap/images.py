@@ -54,7 +54,7 @@ class EncodedImage:
     """The bytes of an image as received, and how messages should name where they came from."""
 
     data: bytes
-    described: str  # e.g. "the file 'cat.jpg'", "the base64 string"
+    described: str  # e.g. "the file 'cat.jpg'", "the data URI"
 
 
 def load_image(
@@ -167,8 +167,10 @@ def read_source(
     if not source.strip():
         raise InvalidInputImage("No image given: the image source is an empty string.")
     if source == "-":
-        stream = stdin if stdin is not None else sys.stdin.buffer
-        return EncodedImage(_capped(stream.read(limit + 1), limit, "stdin"), "stdin")
+        data = (stdin if stdin is not None else sys.stdin.buffer).read(limit + 1)
+        if len(data) > limit:  # only read one byte past the limit: the real size is unknown
+            raise _too_many_bytes("stdin", None, limit)
+        return EncodedImage(data, "stdin")
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", source):
         data = netguard.fetch(source, settings, max_bytes=limit)
         return EncodedImage(data, f"the image downloaded from {_short(source)}")
@@ -249,10 +251,10 @@ def _capped(data: bytes, limit: int, described: str) -> bytes:
     return data
 
 
-def _too_many_bytes(described: str, size: int, limit: int) -> InvalidInputImage:
-    shown = f"{size:,} bytes" if size <= limit + 1 else "more"
+def _too_many_bytes(described: str, size: int | None, limit: int) -> InvalidInputImage:
+    shown = f"{size:,} bytes; " if size is not None else ""
     return InvalidInputImage(
-        f"{_sentence_start(described)} is too large ({shown}; the limit is {limit:,} bytes, "
+        f"{_sentence_start(described)} is too large ({shown}the limit is {limit:,} bytes, "
         "max_image_bytes / EDGECAP_MAX_IMAGE_BYTES). Send a smaller or more compressed image."
     )
 
@@ -311,7 +313,7 @@ def _open_lazily(encoded: EncodedImage) -> Image.Image:
         ) from exc
     except UnidentifiedImageError as exc:
         raise InvalidInputImage(
-            missing_plugin_hint(encoded.data, what)
+            _missing_plugin_hint(encoded.data, what)
             or f"{_sentence_start(what)} is not an image in a supported format "
             f"({', '.join(supported_formats())})."
         ) from exc
@@ -345,7 +347,8 @@ def supported_formats() -> tuple[str, ...]:
     return tuple(formats)
 
 
-# ISO-BMFF brands (the "ftyp" box) -> (format, the extra that decodes it).
+# ISO-BMFF brands (the "ftyp" box) -> (what to call the file, the edgecap extra decoding it).
+# The extras are named after the Pillow format they add ("heif" -> "HEIF").
 FTYP_BRANDS = {
     b"avif": ("AVIF", "avif"),
     b"avis": ("AVIF", "avif"),
@@ -354,7 +357,7 @@ FTYP_BRANDS = {
 }
 
 
-def missing_plugin_hint(data: bytes, described: str) -> str | None:
+def _missing_plugin_hint(data: bytes, described: str) -> str | None:
     """If ``data`` is a HEIC/AVIF file we cannot decode, the message saying what to install."""
     if data[4:8] != b"ftyp":
         return None
@@ -365,7 +368,7 @@ def missing_plugin_hint(data: bytes, described: str) -> str | None:
         return None
     # AVIF files also carry the generic HEIF brand "mif1": prefer the specific one.
     kind, extra = next((k for k in known if k[0] == "AVIF"), known[0])
-    if kind in supported_formats():
+    if extra.upper() in supported_formats():  # decodable, so something else is wrong
         return None
     return (
         f"{_sentence_start(described)} is a {kind} image, which needs an optional decoder: "

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib.util
 import io
 import random
 import struct
+import sys
 import threading
+import types
 import zlib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -477,3 +480,21 @@ def test_pixels_match_the_reference_processor(
     ours = load_image(encode(source, "PNG"), settings, min_pixels=low, max_pixels=high)
     assert reference.shape == (ours.height, ours.width, 3)
     assert np.array_equal(pixels(ours), reference.astype(np.uint8))
+
+
+def test_optional_heif_plugin_is_registered_when_importable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    registered: list[bool] = []
+    fake = types.ModuleType("pillow_heif")
+    fake.register_heif_opener = lambda: registered.append(True)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "pillow_heif", fake)
+    supported_formats.cache_clear()
+    try:
+        assert "HEIF" in supported_formats()
+        assert registered == [True]
+    finally:
+        monkeypatch.delitem(sys.modules, "pillow_heif")
+        supported_formats.cache_clear()
+    heif_installed = importlib.util.find_spec("pillow_heif") is not None
+    assert ("HEIF" in supported_formats()) == heif_installed  # the fake is gone again
