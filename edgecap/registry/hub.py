@@ -70,7 +70,7 @@ def download(
                 token=token,
             )
     except (HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
-        raise DownloadFailed(f"could not download {url}: {_reason(exc)}. {fix}") from exc
+        raise DownloadFailed(f"could not download {url}: {_reason(exc)}; {fix}") from exc
     except requests.ConnectionError as exc:
         host = urlsplit(url).netloc
         raise DownloadFailed(
@@ -78,7 +78,7 @@ def download(
             f"{fix}"
         ) from exc
     except (requests.RequestException, OSError) as exc:
-        raise DownloadFailed(f"could not download {url}: {_reason(exc)}. {fix}") from exc
+        raise DownloadFailed(f"could not download {url}: {_reason(exc)}; {fix}") from exc
     etag = (meta.etag or "").lower()
     return Downloaded(
         path=Path(path),
