@@ -7,6 +7,7 @@ import hashlib
 import json
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -161,16 +162,25 @@ def _mirror_handler(mirror: HubMirror) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-@pytest.fixture
-def mirror() -> Iterator[HubMirror]:
-    hub = HubMirror(files={f"{FAKE_REPO}/{name}": data for name, data in FAKE_FILES.items()})
+@contextmanager
+def serve_mirror(files: dict[str, bytes]) -> Iterator[HubMirror]:
+    """A running ``HubMirror`` on 127.0.0.1 for ``files`` ("{repo}/{filename}" -> content)."""
+    hub = HubMirror(files=files)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _mirror_handler(hub))
     hub.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
-    yield hub
-    server.shutdown()
-    server.server_close()
+    try:
+        yield hub
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def mirror() -> Iterator[HubMirror]:
+    with serve_mirror({f"{FAKE_REPO}/{name}": data for name, data in FAKE_FILES.items()}) as hub:
+        yield hub
 
 
 def gets(mirror: HubMirror) -> list[str]:
