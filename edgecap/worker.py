@@ -1,0 +1,296 @@
+"""The child process that owns the engine, and the parent's handle on it.
+
+llama.cpp is native code: an abort, a segfault or the OOM killer inside it would take the whole
+server down if it ran in the server's process. So one child process (multiprocessing "spawn":
+no inherited threads or locks) loads the model and captions; the parent sends it
+:class:`WorkItem`s over a pipe and gets back :class:`WorkDone` values. Errors cross as values
+(:class:`WorkError`), never as exceptions. If the child dies, :meth:`Worker.run` raises
+:class:`WorkerCrashed` and a fresh child is started, which loads the model again.
+
+The parent never imports llama.cpp: the engine is built in the child by an ``engine_factory``,
+a picklable top-level callable taking the model name (None = the default model).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import multiprocessing.connection
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from edgecap.config import Settings
+from edgecap.errors import EdgecapError, InferenceError, ModelNotReady
+from edgecap.records import CaptionRequest, CaptionResult
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+    from multiprocessing.context import SpawnProcess
+    from multiprocessing.synchronize import Event
+
+logger = logging.getLogger(__name__)
+
+STOP_GRACE_S = 5.0
+
+
+class CaptionEngine(Protocol):
+    """The part of :class:`edgecap.engine.Engine` the worker uses."""
+
+    def caption(self, request: CaptionRequest) -> CaptionResult: ...
+
+    def close(self) -> None: ...
+
+
+EngineFactory = Callable[[str | None], CaptionEngine]
+
+
+@dataclass(frozen=True)
+class DefaultEngineFactory:
+    """Builds the real engine from the model registry (runs in the child)."""
+
+    settings: Settings
+
+    def __call__(self, model: str | None) -> CaptionEngine:
+        # Imported here so that only the child process loads llama.cpp.
+        from edgecap.engine import Engine
+        from edgecap.registry import Registry
+
+        return Engine(Registry(self.settings).resolve(model), self.settings)
+
+
+class WorkerCrashed(InferenceError):
+    """The child process died while it was working on a task."""
+
+
+class WorkerStopped(ModelNotReady):
+    """:meth:`Worker.stop` was called before or while a task ran."""
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One caption for the child: which model, which request."""
+
+    task_uuid: str
+    model: str | None
+    request: CaptionRequest
+
+
+@dataclass(frozen=True)
+class WorkError:
+    """An :class:`EdgecapError` as a plain value, so it can cross the process boundary."""
+
+    code: str
+    status: int
+    message: str
+    parameter: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> WorkError:
+        if not isinstance(exc, EdgecapError):
+            exc = InferenceError(f"The engine failed: {type(exc).__name__}: {exc}")
+        return cls(exc.code, exc.status, exc.message, exc.parameter, dict(exc.extra))
+
+    def to_exception(self) -> EdgecapError:
+        return EdgecapError(
+            self.message,
+            code=self.code,
+            status=self.status,
+            parameter=self.parameter,
+            **self.extra,
+        )
+
+
+@dataclass(frozen=True)
+class WorkDone:
+    """The child's answer to one :class:`WorkItem`: a result or an error."""
+
+    task_uuid: str
+    result: CaptionResult | None
+    error: WorkError | None = None
+
+
+class Worker:
+    """The parent's handle on the engine process. :meth:`run` is for one thread at a time."""
+
+    def __init__(self, engine_factory: EngineFactory) -> None:
+        self._factory = engine_factory
+        self._context = multiprocessing.get_context("spawn")
+        self._lock = threading.Lock()  # held while a task is in the child
+        self._stopping = threading.Event()
+        self._process: SpawnProcess | None = None
+        self._conn: Connection | None = None
+        self._loaded: Event | None = None
+        self.restarts = 0
+
+    @property
+    def ready(self) -> bool:
+        """The child is alive and has loaded the default model."""
+        process, loaded = self._process, self._loaded
+        return bool(process and loaded and process.is_alive() and loaded.is_set())
+
+    def start(self) -> None:
+        """Start the child; it loads the default model in the background."""
+        self._stopping.clear()
+        self._spawn()
+
+    def run(self, item: WorkItem) -> CaptionResult:
+        """Caption ``item`` in the child. Raises the task's error, or :class:`WorkerCrashed`."""
+        with self._lock:
+            if self._stopping.is_set() or self._process is None or self._conn is None:
+                raise WorkerStopped("The worker is stopping; the task will run after a restart.")
+            try:
+                self._conn.send(item)
+                reply = self._await_reply()
+            except (OSError, EOFError):
+                reply = None
+            if reply is None:
+                raise self._crashed()
+        if reply.error is not None:
+            raise reply.error.to_exception()
+        if reply.result is None or reply.task_uuid != item.task_uuid:
+            raise InferenceError(f"The worker answered for the wrong task ({reply.task_uuid}).")
+        return reply.result
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """Stop the child. An idle child exits cleanly; a busy one is terminated at once."""
+        self._stopping.set()
+        process = self._process
+        if process is None:
+            return
+        if self._lock.acquire(blocking=False):  # idle: ask it to unload and exit
+            try:
+                if self._conn is not None:
+                    self._conn.send(None)
+                process.join(grace_s)
+            except OSError:
+                pass
+            finally:
+                self._lock.release()
+        if process.is_alive():
+            process.terminate()
+            process.join(grace_s)
+        if process.is_alive():
+            process.kill()
+            process.join()
+        if self._lock.acquire(timeout=grace_s):  # a task that was running has given up
+            try:
+                if self._conn is not None:
+                    self._conn.close()
+            finally:
+                self._lock.release()
+
+    def _spawn(self) -> None:
+        parent_end, child_end = self._context.Pipe()
+        self._loaded = self._context.Event()
+        self._process = self._context.Process(
+            target=serve,
+            args=(self._factory, child_end, self._loaded),
+            name="edgecap-engine",
+            daemon=True,
+        )
+        self._process.start()
+        child_end.close()  # else the parent would never see EOF when the child dies
+        self._conn = parent_end
+
+    def _await_reply(self) -> WorkDone | None:
+        """The child's reply, or None if it died first."""
+        assert self._process is not None and self._conn is not None
+        multiprocessing.connection.wait([self._conn, self._process.sentinel])
+        if not self._conn.poll():  # died without a word
+            return None
+        try:
+            reply: WorkDone = self._conn.recv()
+        except EOFError:
+            return None
+        return reply
+
+    def _crashed(self) -> EdgecapError:
+        """Reap the dead (or stopped) child and start a new one unless stopping."""
+        assert self._process is not None
+        self._process.join(STOP_GRACE_S)
+        how = describe_exit(self._process.exitcode)
+        if self._stopping.is_set():
+            return WorkerStopped("The worker was stopped during the task; it will run again.")
+        logger.warning("The engine process %s; restarting it.", how)
+        if self._conn is not None:
+            self._conn.close()
+        self.restarts += 1
+        self._spawn()
+        return WorkerCrashed(f"The model process {how} while captioning.")
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """'was killed by SIGABRT', 'exited with status 3', ..."""
+    if exitcode is None:
+        return "stopped answering"
+    if exitcode < 0:
+        try:
+            return f"was killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"was killed by signal {-exitcode}"
+    return f"exited with status {exitcode}"
+
+
+# ---------------------------------------------------------------------- the child
+
+
+class _Engines:
+    """The one engine the child holds; asking for another model swaps it (memory is tight)."""
+
+    def __init__(self, factory: EngineFactory) -> None:
+        self._factory = factory
+        self._name: str | None = None
+        self._engine: CaptionEngine | None = None
+
+    def get(self, name: str | None) -> CaptionEngine:
+        if self._engine is None or name != self._name:
+            self.close()
+            self._engine = self._factory(name)
+            self._name = name
+        return self._engine
+
+    def holds(self, name: str | None) -> bool:
+        return self._engine is not None and name == self._name
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+
+
+def serve(factory: EngineFactory, conn: Connection, loaded: Event) -> None:
+    """The child's main loop: load the default model, then caption until told to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    engines = _Engines(factory)
+    try:
+        engines.get(None)
+        loaded.set()
+    except Exception as exc:  # reported to the first task that needs the default model
+        logger.warning("Could not load the default model: %s", exc)
+    try:
+        while (item := _receive(conn)) is not None:
+            conn.send(_caption(engines, item))
+            if engines.holds(None):
+                loaded.set()  # the default model loaded late (it had failed at start)
+    finally:
+        engines.close()
+
+
+def _receive(conn: Connection) -> WorkItem | None:
+    try:
+        item: WorkItem | None = conn.recv()
+    except EOFError:  # the parent is gone
+        return None
+    return item
+
+
+def _caption(engines: _Engines, item: WorkItem) -> WorkDone:
+    try:
+        result = engines.get(item.model).caption(item.request)
+    except Exception as exc:
+        return WorkDone(item.task_uuid, None, WorkError.from_exception(exc))
+    return WorkDone(item.task_uuid, result)

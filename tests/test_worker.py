@@ -1,0 +1,216 @@
+"""The engine process: results and errors as values, crash recovery, stopping.
+
+The fake engine runs in the spawned child, so it must be importable by name there: it lives at
+the top level of this module, and the factory is a picklable frozen dataclass. It scripts its
+behaviour from the prompt and appends one line per model load to a log file, which is how the
+parent sees what the child did.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from edgecap.errors import EdgecapError, UnknownModel
+from edgecap.records import CaptionRequest, CaptionResult
+from edgecap.worker import (
+    Worker,
+    WorkerCrashed,
+    WorkerStopped,
+    WorkItem,
+    describe_exit,
+)
+
+READY_WAIT_S = 60.0  # generous: spawning a Python child on a busy 2-core CI box is slow
+
+
+class ScriptedEngine:
+    """Duck of edgecap.engine.Engine. The prompt picks the behaviour:
+
+    ``abort`` calls os.abort(); ``abort-once:<path>`` aborts unless <path> exists (and creates
+    it); ``invalid`` raises an EdgecapError; ``bug`` raises a plain exception; ``sleep:<s>``
+    sleeps; anything else is captioned as ``"<model id> saw <prompt>"``.
+    """
+
+    def __init__(self, model_id: str, log: Path) -> None:
+        self.model_id = model_id
+        self.log = log
+        self.counters = {"image_encodes": 0, "image_cache_hits": 0, "prefix_cache_hits": 0}
+
+    def caption(self, request: CaptionRequest) -> CaptionResult:
+        with self.log.open("a") as out:
+            out.write(f"caption {request.prompt}\n")
+        command, _, arg = request.prompt.partition(":")
+        if command == "abort" or (command == "abort-once" and not Path(arg).exists()):
+            if arg:
+                Path(arg).touch()
+            os.abort()
+        if command == "invalid":
+            raise EdgecapError(
+                "too big", code="invalidParameter", status=400, parameter="maxPixels", max=9
+            )
+        if command == "bug":
+            raise ZeroDivisionError("division by zero")
+        if command == "sleep":
+            time.sleep(float(arg))
+        image_tokens = request.image.tokens if request.image else 0
+        return CaptionResult(
+            text=f"{self.model_id} saw {request.prompt}",
+            finish_reason="stop",
+            prompt_tokens=10 + image_tokens,
+            image_tokens=image_tokens,
+            generated_tokens=5,
+            timings={"load_image": 0.5, "encode": 1.0, "prefill": 0.25, "generate": 0.25},
+            model=f"{self.model_id}@{os.getpid()}",
+        )
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class ScriptedEngineFactory:
+    """Picklable engine factory; logs ``load <model>`` and ``caption <prompt>`` to ``log``."""
+
+    log: Path
+    broken_default: bool = False  # the default model fails to load
+
+    def __call__(self, model: str | None) -> ScriptedEngine:
+        if model == "missing" or (model is None and self.broken_default):
+            raise UnknownModel(f"No model named {model!r}.", parameter="model")
+        with self.log.open("a") as out:
+            out.write(f"load {model}\n")
+        return ScriptedEngine(model or "default", self.log)
+
+    def lines(self, kind: str) -> list[str]:
+        """What the child logged: ``lines("load")`` -> ["None", "small"], ..."""
+        lines = self.log.read_text().splitlines() if self.log.exists() else []
+        return [line.split(" ", 1)[1] for line in lines if line.startswith(f"{kind} ")]
+
+
+def caption_item(prompt: str, model: str | None = None, task_uuid: str = "t1") -> WorkItem:
+    return WorkItem(task_uuid, model, CaptionRequest(image=None, prompt=prompt))
+
+
+def wait_until_ready(worker: Worker) -> None:
+    deadline = time.monotonic() + READY_WAIT_S
+    while not worker.ready:
+        assert time.monotonic() < deadline, "the engine process never became ready"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def factory(tmp_path: Path) -> ScriptedEngineFactory:
+    return ScriptedEngineFactory(tmp_path / "loads.log")
+
+
+@pytest.fixture
+def worker(factory: ScriptedEngineFactory):
+    worker = Worker(factory)
+    worker.start()
+    yield worker
+    worker.stop()
+
+
+def test_captions_in_a_child_process_that_loaded_the_default_model(
+    worker: Worker, factory: ScriptedEngineFactory
+) -> None:
+    wait_until_ready(worker)
+    result = worker.run(caption_item("hello"))
+    assert result.text == "default saw hello"
+    assert result.model.split("@")[1] != str(os.getpid())
+    assert factory.lines("load") == ["None"]
+
+
+def test_errors_cross_the_process_boundary_as_values(worker: Worker) -> None:
+    with pytest.raises(EdgecapError) as caught:
+        worker.run(caption_item("invalid"))
+    assert caught.value.to_dict() == {
+        "code": "invalidParameter",
+        "message": "too big",
+        "parameter": "maxPixels",
+        "max": 9,
+    }
+    assert caught.value.status == 400
+
+    with pytest.raises(EdgecapError) as caught:
+        worker.run(caption_item("bug"))
+    assert caught.value.code == "inferenceError"
+    assert "ZeroDivisionError: division by zero" in caught.value.message
+
+    assert worker.run(caption_item("still here")).text == "default saw still here"
+    assert worker.restarts == 0
+
+
+def test_another_model_replaces_the_loaded_one_and_load_errors_are_values(
+    worker: Worker, factory: ScriptedEngineFactory
+) -> None:
+    assert worker.run(caption_item("hi", model="small")).text == "small saw hi"
+    with pytest.raises(EdgecapError) as caught:
+        worker.run(caption_item("hi", model="missing"))
+    assert caught.value.code == "unknownModel"
+    assert factory.lines("load") == ["None", "small"]
+
+
+def test_a_native_abort_is_reported_and_a_new_child_takes_over(
+    worker: Worker, factory: ScriptedEngineFactory
+) -> None:
+    first = worker.run(caption_item("before")).model
+    with pytest.raises(WorkerCrashed) as caught:
+        worker.run(caption_item("abort"))
+    assert caught.value.code == "inferenceError"
+    assert "killed by SIGABRT" in caught.value.message
+    assert worker.restarts == 1
+
+    after = worker.run(caption_item("after"))
+    assert after.text == "default saw after"
+    assert after.model != first  # another process
+    wait_until_ready(worker)
+    assert factory.lines("load") == ["None", "None"]  # the new child reloaded the model
+
+
+def test_stop_interrupts_a_running_task(worker: Worker, factory: ScriptedEngineFactory) -> None:
+    wait_until_ready(worker)
+    outcome: list[BaseException] = []
+
+    def run_long() -> None:
+        try:
+            worker.run(caption_item("sleep:600"))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run_long)
+    thread.start()
+    while "sleep:600" not in factory.lines("caption"):  # the task is in the child
+        time.sleep(0.01)
+    worker.stop()
+    thread.join()
+    assert len(outcome) == 1 and isinstance(outcome[0], WorkerStopped)
+    assert not worker.ready
+    with pytest.raises(WorkerStopped):
+        worker.run(caption_item("too late"))
+
+
+def test_a_broken_default_model_is_not_ready_but_other_models_work(tmp_path: Path) -> None:
+    worker = Worker(ScriptedEngineFactory(tmp_path / "loads.log", broken_default=True))
+    worker.start()
+    try:
+        with pytest.raises(EdgecapError) as caught:
+            worker.run(caption_item("hi"))
+        assert caught.value.code == "unknownModel"
+        assert not worker.ready
+        assert worker.run(caption_item("hi", model="small")).text == "small saw hi"
+    finally:
+        worker.stop()
+
+
+def test_describe_exit() -> None:
+    assert describe_exit(-6) == "was killed by SIGABRT"
+    assert describe_exit(-9) == "was killed by SIGKILL"
+    assert describe_exit(3) == "exited with status 3"
+    assert describe_exit(None) == "stopped answering"
