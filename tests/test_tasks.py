@@ -235,9 +235,9 @@ def test_result_expires_then_is_purged_to_a_tombstone(store: TaskStore, clock: F
 
     clock.now += TOMBSTONE_SECONDS + 1
     store.purge_expired()
-    with pytest.raises(NotFound) as caught:
+    with pytest.raises(NotFound) as forgotten:
         store.get(job.task_uuid)
-    assert caught.value.code == "taskNotFound"
+    assert forgotten.value.code == "taskNotFound"
 
 
 def test_unfinished_tasks_never_expire(store: TaskStore, clock: FakeClock) -> None:

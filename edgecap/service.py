@@ -1,0 +1,339 @@
+"""TaskService: the one door through which the server runs caption tasks.
+
+The server validates a task, loads its image and hands a :class:`CaptionJob` to
+:meth:`TaskService.submit`, which stores it durably and returns at once. A dispatcher thread
+takes queued tasks in order and runs each in the engine process (:mod:`edgecap.worker`),
+records the result in the store (:mod:`edgecap.tasks`), queues its webhook/upload deliveries
+(:mod:`edgecap.delivery`) and wakes whoever awaits :meth:`TaskService.wait`.
+
+A task runs at most :data:`MAX_ATTEMPTS` times: a crash of the engine process, or of the whole
+server, during a task uses one attempt; after the last one the task fails with
+``inferenceError``. See docs/service-seam.md for the contract with the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import statistics
+import threading
+import time
+from collections import Counter, deque
+from typing import Any
+
+from edgecap.config import Settings
+from edgecap.delivery import Deliverer, outgoing_for
+from edgecap.errors import EdgecapError, InferenceError, RateLimited
+from edgecap.records import CaptionResult
+from edgecap.tasks import (
+    CaptionJob,
+    ClaimedTask,
+    Clock,
+    TaskConflict,
+    TaskExpired,
+    TaskRecord,
+    TaskStore,
+)
+from edgecap.worker import (
+    DefaultEngineFactory,
+    EngineFactory,
+    Worker,
+    WorkerCrashed,
+    WorkerStopped,
+    WorkItem,
+)
+
+__all__ = ["CaptionJob", "TaskConflict", "TaskExpired", "TaskRecord", "TaskService"]
+
+logger = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 2
+PURGE_INTERVAL_S = 60.0
+LATENCY_SAMPLES = 1000  # recent samples kept per stage for /metrics
+RUN_SAMPLES = 20  # recent task durations behind the retry-after estimate
+FIRST_TASK_GUESS_S = 15.0  # the retry-after estimate before any task has finished
+TASK_TYPE = "imageCaption"
+
+
+class TaskService:
+    """Durable task queue in front of the engine process. Thread-safe; ``wait`` is async."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine_factory: EngineFactory | None = None,
+        *,
+        clock: Clock = time.time,
+    ) -> None:
+        self.settings = settings
+        self.store = TaskStore(settings.db_path, clock=clock)
+        self._worker = Worker(engine_factory or DefaultEngineFactory(settings))
+        self._deliverer = Deliverer(self.store, settings)
+        self._waiters = _Waiters()
+        self._metrics = _Metrics()
+        self._submit_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._next_purge = 0.0
+
+    @property
+    def ready(self) -> bool:
+        """The engine process is up and has loaded the default model."""
+        return self._worker.ready
+
+    def start(self) -> None:
+        """Requeue what a previous run left unfinished, then start the worker and delivery."""
+        requeued = self.store.requeue_unfinished()
+        if requeued:
+            logger.info("Requeued %d task(s) left unfinished by the previous run", requeued)
+        self._worker.start()
+        self._deliverer.start()
+        self._thread = threading.Thread(
+            target=self._dispatch_loop, name="edgecap-dispatch", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop everything. A task in flight is interrupted and runs again after a restart;
+        queued tasks and pending deliveries stay in the store."""
+        self._stopping.set()
+        self._wake.set()
+        self._worker.stop()
+        if self._thread is not None:
+            self._thread.join()
+        self._deliverer.stop()
+        self.store.close()
+
+    def submit(self, job: CaptionJob) -> TaskRecord:
+        """Store ``job`` and queue it; returns once it is durable.
+
+        The same taskUUID with the same fingerprint returns the existing record (clients resend
+        on timeouts); with another fingerprint it raises :class:`TaskConflict`. A full queue
+        raises :class:`RateLimited` with ``extra["retry_after"]`` in seconds.
+        """
+        with self._submit_lock:
+            known = self.store.fingerprint(job.task_uuid)
+            if known is not None:
+                if known != job.fingerprint:
+                    raise TaskConflict(
+                        f"The taskUUID {job.task_uuid} was already used for a different task. "
+                        "Give every new task a new UUID v4; resend a task unchanged to get its "
+                        "status.",
+                        parameter="taskUUID",
+                    )
+                return self.store.get(job.task_uuid)
+            waiting = self.store.count("queued")
+            if waiting >= self.settings.queue_size:
+                retry_after = self._retry_after(waiting)
+                raise RateLimited(
+                    f"The queue is full ({waiting} tasks waiting). Retry in about "
+                    f"{retry_after} s, or raise queue_size (EDGECAP_QUEUE_SIZE).",
+                    retry_after=retry_after,
+                )
+            record = self.store.add(job)
+        self._wake.set()
+        return record
+
+    async def wait(self, task_uuid: str, timeout: float) -> TaskRecord:
+        """The task's record once it has finished, or its current record after ``timeout`` s."""
+        record = self.store.get(task_uuid)
+        if record.finished:
+            return record
+        event = self._waiters.add(task_uuid)
+        try:
+            record = self.store.get(task_uuid)  # it may have finished before we registered
+            if not record.finished:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(event.wait(), timeout)
+                record = self.store.get(task_uuid)
+        finally:
+            self._waiters.remove(task_uuid, event)
+        return record
+
+    def get(self, task_uuid: str) -> TaskRecord:
+        """The task's record; raises ``NotFound`` (taskNotFound) or :class:`TaskExpired`."""
+        return self.store.get(task_uuid)
+
+    def queue_depth(self) -> int:
+        """Tasks waiting for the worker (not counting the one it is running)."""
+        return self.store.count("queued")
+
+    def purge_expired(self) -> int:
+        """Delete results past their ttl now (also done every minute). Returns how many."""
+        purged = self.store.purge_expired()
+        if purged:
+            logger.info("Purged %d expired task result(s)", purged)
+        return purged
+
+    def stats(self) -> dict[str, Any]:
+        """Figures for /metrics: queue, tasks by status, latency samples, tokens, worker."""
+        return {
+            "queue_depth": self.queue_depth(),
+            "tasks": self.store.counts(),
+            "latency_seconds": self._metrics.latencies(),
+            "tokens": self._metrics.tokens(),
+            "worker": {"ready": self.ready, "restarts": self._worker.restarts},
+            "deliveries": self.store.delivery_counts(),
+        }
+
+    # ------------------------------------------------------------------ the dispatcher
+
+    def _dispatch_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._purge_if_due()
+                claimed = self.store.claim_next()
+                if claimed is None:
+                    self._wake.wait(PURGE_INTERVAL_S)
+                    self._wake.clear()
+                    continue
+                self._run(claimed)
+            except Exception:  # keep serving; the task stays in the store
+                logger.exception("The task dispatcher failed; retrying in a second")
+                self._stopping.wait(1.0)
+
+    def _run(self, claimed: ClaimedTask) -> None:
+        job = claimed.job
+        started = time.perf_counter()
+        try:
+            result = self._worker.run(WorkItem(job.task_uuid, job.model, job.request))
+        except WorkerStopped:
+            self.store.release(job.task_uuid, refund_attempt=True)
+            return
+        except WorkerCrashed as exc:
+            if claimed.attempts < MAX_ATTEMPTS:
+                logger.warning("Task %s: %s Retrying it.", job.task_uuid, exc.message)
+                self.store.release(job.task_uuid, refund_attempt=False)
+                return
+            self._finish_error(job, _gave_up(claimed.attempts, exc))
+            return
+        except EdgecapError as exc:
+            self._finish_error(job, exc)
+            return
+        self._metrics.record(result, claimed.queued_seconds, time.perf_counter() - started)
+        self._finish_success(job, result)
+
+    def _finish_success(self, job: CaptionJob, result: CaptionResult) -> None:
+        item: dict[str, Any] = {
+            "taskType": TASK_TYPE,
+            "taskUUID": job.task_uuid,
+            "status": "success",
+            "text": result.text,
+        }
+        if job.include_cost:
+            item["cost"] = cost_of(result, self.settings.cost_per_second)
+        response = {"data": [item]}
+        self._finish(job, response, result=item, error=None, text=result.text)
+
+    def _finish_error(self, job: CaptionJob, exc: EdgecapError) -> None:
+        error = {**exc.to_dict(), "taskType": TASK_TYPE, "taskUUID": job.task_uuid}
+        self._finish(job, {"errors": [error]}, result=None, error=error, text=None)
+
+    def _finish(
+        self,
+        job: CaptionJob,
+        response: dict[str, Any],
+        *,
+        result: dict[str, Any] | None,
+        error: dict[str, Any] | None,
+        text: str | None,
+    ) -> None:
+        self.store.finish(
+            job.task_uuid,
+            result=result,
+            error=error,
+            response=response,
+            ttl_s=job.ttl_s or self.settings.result_ttl_s,
+            outgoing=outgoing_for(job, response, text),
+        )
+        self._deliverer.wake()
+        self._waiters.notify(job.task_uuid)
+
+    def _purge_if_due(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_purge:
+            self._next_purge = now + PURGE_INTERVAL_S
+            self.purge_expired()
+
+    def _retry_after(self, waiting: int) -> int:
+        """Seconds until a queue slot is likely free: the tasks ahead at the recent pace."""
+        return max(1, math.ceil((waiting + 1) * self._metrics.typical_run_seconds()))
+
+
+def cost_of(result: CaptionResult, cost_per_second: float) -> float:
+    """Measured compute seconds x the rate, to 6 significant digits."""
+    return float(f"{result.compute_seconds * cost_per_second:.6g}")
+
+
+def _gave_up(attempts: int, crash: WorkerCrashed) -> InferenceError:
+    return InferenceError(
+        f"{crash.message} The task was tried {attempts} times and the model process stopped "
+        "each time; it will not be retried. The image or prompt may trigger a fault in "
+        "llama.cpp or exhaust memory: try a smaller maxPixels or a shorter maxTokens."
+    )
+
+
+class _Waiters:
+    """The asyncio events of coroutines awaiting a task, set from the dispatcher thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._events: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
+
+    def add(self, task_uuid: str) -> asyncio.Event:
+        event = asyncio.Event()
+        with self._lock:
+            self._events.setdefault(task_uuid, []).append((asyncio.get_running_loop(), event))
+        return event
+
+    def remove(self, task_uuid: str, event: asyncio.Event) -> None:
+        with self._lock:
+            left = [entry for entry in self._events.get(task_uuid, []) if entry[1] is not event]
+            if left:
+                self._events[task_uuid] = left
+            else:
+                self._events.pop(task_uuid, None)
+
+    def notify(self, task_uuid: str) -> None:
+        with self._lock:
+            entries = list(self._events.get(task_uuid, []))
+        for loop, event in entries:
+            with contextlib.suppress(RuntimeError):  # that loop has closed meanwhile
+                loop.call_soon_threadsafe(event.set)
+
+
+class _Metrics:
+    """Recent per-stage latencies and token totals since start, for /metrics."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._latency: dict[str, deque[float]] = {}
+        self._tokens: Counter[str] = Counter()
+        self._runs: deque[float] = deque(maxlen=RUN_SAMPLES)
+
+    def record(self, result: CaptionResult, queued_s: float, run_s: float) -> None:
+        stages = {**result.timings, "queue": queued_s, "run": run_s}
+        with self._lock:
+            for stage, seconds in stages.items():
+                self._latency.setdefault(stage, deque(maxlen=LATENCY_SAMPLES)).append(seconds)
+            self._tokens.update(
+                prompt=result.prompt_tokens,
+                image=result.image_tokens,
+                generated=result.generated_tokens,
+            )
+            self._runs.append(run_s)
+
+    def latencies(self) -> dict[str, list[float]]:
+        with self._lock:
+            return {stage: list(samples) for stage, samples in self._latency.items()}
+
+    def tokens(self) -> dict[str, int]:
+        with self._lock:
+            return {kind: self._tokens[kind] for kind in ("prompt", "image", "generated")}
+
+    def typical_run_seconds(self) -> float:
+        with self._lock:
+            return statistics.median(self._runs) if self._runs else FIRST_TASK_GUESS_S
