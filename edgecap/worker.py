@@ -142,6 +142,8 @@ class Worker:
         with self._lock:
             if self._stopping.is_set() or self._process is None or self._conn is None:
                 raise WorkerStopped("The worker is stopping; the task will run after a restart.")
+            if not self._process.is_alive():  # it died while idle (e.g. loading): not this task
+                self._restart()
             try:
                 self._conn.send(item)
                 reply = self._await_reply()
@@ -209,18 +211,26 @@ class Worker:
         return reply
 
     def _crashed(self) -> EdgecapError:
-        """Reap the dead (or stopped) child and start a new one unless stopping."""
-        assert self._process is not None
-        self._process.join(STOP_GRACE_S)
-        how = describe_exit(self._process.exitcode)
+        """The error for a task whose child died (or was stopped); restarts the child."""
         if self._stopping.is_set():
             return WorkerStopped("The worker was stopped during the task; it will run again.")
+        how = self._restart()
+        return WorkerCrashed(f"The model process {how} while captioning.")
+
+    def _restart(self) -> str:
+        """Reap the dead child, start a new one; returns how the old one ended."""
+        assert self._process is not None
+        self._process.join(STOP_GRACE_S)
+        if self._process.is_alive():  # hung up on us but still running: make sure it is gone
+            self._process.kill()
+            self._process.join()
+        how = describe_exit(self._process.exitcode)
         logger.warning("The engine process %s; restarting it.", how)
         if self._conn is not None:
             self._conn.close()
         self.restarts += 1
         self._spawn()
-        return WorkerCrashed(f"The model process {how} while captioning.")
+        return how
 
 
 def describe_exit(exitcode: int | None) -> str:

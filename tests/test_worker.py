@@ -9,6 +9,7 @@ parent sees what the child did.
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -172,6 +173,21 @@ def test_a_native_abort_is_reported_and_a_new_child_takes_over(
     assert after.model != first  # another process
     wait_until_ready(worker)
     assert factory.lines("load") == ["None", "None"]  # the new child reloaded the model
+
+
+def test_a_child_that_died_while_idle_is_replaced_without_failing_the_next_task(
+    worker: Worker,
+) -> None:
+    pid = int(worker.run(caption_item("first")).model.split("@")[1])
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + READY_WAIT_S
+    while worker.ready:  # the kill lands asynchronously
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    after = worker.run(caption_item("second"))
+    assert after.text == "default saw second"
+    assert after.model != f"default@{pid}"
+    assert worker.restarts == 1
 
 
 def test_stop_interrupts_a_running_task(worker: Worker, factory: ScriptedEngineFactory) -> None:
