@@ -1,0 +1,67 @@
+"""``edgecap serve``: the Runware-compatible caption API on HTTP and WebSocket."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from edgecap.config import load_settings
+from edgecap.server import serve
+from edgecap.server.auth import load_key_file
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve the caption API (REST and WebSocket at /v1)",
+        description="Serve the Runware-compatible caption API: POST /v1, WebSocket /v1, "
+        "/docs, /healthz, /readyz, /metrics. See docs/api.md.",
+    )
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=port_number, help="port to listen on (default 8080)")
+    parser.add_argument(
+        "--api-key",
+        action="append",
+        dest="api_keys",
+        metavar="KEY",
+        help="accept this API key (repeatable); without keys every request is allowed",
+    )
+    parser.add_argument(
+        "--api-key-file", type=Path, metavar="FILE", help="accept the keys in FILE, one per line"
+    )
+    parser.add_argument(
+        "--offline",
+        action="store_true",
+        default=None,
+        help="refuse every outbound request (image URLs, webhooks, uploads)",
+    )
+    parser.add_argument("--model", help="default model: registry name, alias or path")
+    parser.add_argument(
+        "--allow-unauthenticated-public-bind",
+        action="store_true",
+        help="listen on a non-loopback address without an API key (dangerous)",
+    )
+    parser.set_defaults(func=run)
+
+
+def port_number(text: str) -> int:
+    """A TCP port, 0 (any free port) to 65535."""
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
+    return int(text)
+
+
+def run(args: argparse.Namespace) -> int:
+    keys = list(args.api_keys or [])
+    if args.api_key_file is not None:
+        keys += load_key_file(args.api_key_file)
+    settings = load_settings(
+        host=args.host,
+        port=args.port,
+        api_keys=keys or None,
+        offline=args.offline,
+        model=args.model,
+    )
+    serve(settings, allow_unauthenticated_public_bind=args.allow_unauthenticated_public_bind)
+    return 0

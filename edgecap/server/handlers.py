@@ -1,0 +1,296 @@
+"""One handler per task type, shared by REST and WebSocket: task object in, :class:`Reply` out.
+
+:data:`HANDLERS` maps each ``taskType`` to its handler; :func:`run_task` validates nothing
+itself, it looks the handler up, runs it, and turns any error into an error object carrying the
+task's ``taskType`` and ``taskUUID``. Blocking work (the task store, model files, image
+fetching and decoding) runs in the thread pool, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from starlette.concurrency import run_in_threadpool
+
+from edgecap.config import Settings
+from edgecap.errors import EdgecapError, InvalidParameter, NotFound
+from edgecap.registry import Registry
+from edgecap.server.auth import ApiKeys
+from edgecap.server.envelope import Reply
+from edgecap.server.errors import TimeoutProvider, UnsupportedTaskType, unexpected_error
+from edgecap.server.jobs import JobInputs, fingerprint, image_count, job_uuids, make_jobs
+from edgecap.server.metrics import Metrics
+from edgecap.server.schema import (
+    CaptionTask,
+    GetResponseTask,
+    GetTaskDetailsTask,
+    ImageUploadTask,
+    PingTask,
+    parse_task,
+)
+from edgecap.server.uploads import UploadStore
+from edgecap.service import CaptionJob, TaskConflict, TaskRecord, TaskService
+
+RESULT_TASK_TYPE = "imageCaption"  # caption results carry it, as Runware's live API answers
+
+
+@dataclass(frozen=True)
+class Context:
+    """The server's collaborators, built once by ``create_app``."""
+
+    settings: Settings
+    service: TaskService
+    registry: Registry
+    uploads: UploadStore
+    metrics: Metrics
+    keys: ApiKeys
+
+    @property
+    def job_inputs(self) -> JobInputs:
+        return JobInputs(self.settings, self.registry, self.uploads)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Where a task came from."""
+
+    base_url: str  # e.g. http://127.0.0.1:8080, for the URLs of uploaded images
+    transport: Literal["rest", "ws"]
+
+
+Handler = Callable[[dict[str, Any], Context, Caller], Awaitable[Reply]]
+
+
+async def run_tasks(tasks: list[Any], ctx: Context, caller: Caller) -> Reply:
+    """Run the tasks of one request concurrently; their replies in request order."""
+    reply = Reply()
+    for one in await asyncio.gather(*(run_task(raw, ctx, caller) for raw in tasks)):
+        reply.extend(one)
+    return reply
+
+
+async def run_task(raw: Any, ctx: Context, caller: Caller) -> Reply:
+    """One task's reply; errors become error objects, never exceptions."""
+    started = time.perf_counter()
+    task_type, task_uuid = task_identity(raw)
+    try:
+        if not isinstance(raw, dict):
+            raise InvalidParameter(
+                "Each task must be a JSON object with a taskType, e.g. "
+                '{"taskType": "caption", "taskUUID": "...", "inputs": {"image": "..."}}.',
+                parameter="task",
+            )
+        handler = HANDLERS.get(task_type or "")
+        if handler is None:
+            raise _unsupported_task_type(raw.get("taskType"))
+        reply = await handler(raw, ctx, caller)
+    except EdgecapError as exc:
+        reply = Reply.of_error(exc, task_type=task_type, task_uuid=task_uuid)
+    except Exception as exc:  # a bug: answer with an error object, log the traceback
+        reply = Reply.of_error(unexpected_error(exc), task_type=task_type, task_uuid=task_uuid)
+    delivery = raw.get("deliveryMethod") if isinstance(raw, dict) else None
+    ctx.metrics.observe_task(
+        task_type or "invalid",
+        _outcome(reply),
+        delivery if delivery in ("sync", "async") else "sync",
+        time.perf_counter() - started,
+    )
+    return reply
+
+
+def task_identity(raw: Any) -> tuple[str | None, str | None]:
+    """The ``taskType`` and ``taskUUID`` of a task as sent, when they are strings."""
+    if not isinstance(raw, dict):
+        return None, None
+    task_type, task_uuid = raw.get("taskType"), raw.get("taskUUID")
+    return (
+        task_type if isinstance(task_type, str) else None,
+        task_uuid if isinstance(task_uuid, str) else None,
+    )
+
+
+# ---------------------------------------------------------------------------- caption
+
+
+async def caption(raw: dict[str, Any], ctx: Context, caller: Caller) -> Reply:
+    """Queue one job per image; answer at once (async) or once finished (sync)."""
+    task = parse_task(CaptionTask, raw)
+    uuids = job_uuids(task.task_uuid, len(task.image_sources()))
+    records = await run_in_threadpool(_resent_records, ctx.service, uuids, fingerprint(raw))
+    if records is None:
+        jobs = await run_in_threadpool(make_jobs, task, raw, ctx.job_inputs)
+        for job in jobs:
+            if job.request.image is not None:
+                ctx.metrics.observe_image_load(job.request.image.load_seconds)
+        records = await run_in_threadpool(_submit_all, ctx.service, jobs)
+    if task.delivery_method == "async":
+        return render_records(records, task.task_uuid)
+    timeout = ctx.settings.sync_timeout_s
+    waited = await asyncio.gather(*(ctx.service.wait(r.task_uuid, timeout) for r in records))
+    return render_records(list(waited), task.task_uuid, timed_out_after=timeout)
+
+
+def _resent_records(service: TaskService, uuids: list[str], task_fingerprint: str) -> Any:
+    """The records of a task sent before with the same payload, or None if it is new.
+
+    A used taskUUID with another payload raises TaskConflict. Checking first spares a resent
+    task from fetching and decoding its images again.
+    """
+    try:
+        first = service.get(uuids[0])
+    except NotFound:  # unknown, or expired (then submit decides: taskExpired or conflict)
+        return None
+    if fingerprint(first.original_task) != task_fingerprint:
+        raise TaskConflict(
+            f"The taskUUID {uuids[0]} was already used for a different task. Give every new "
+            "task a new UUID v4; resend a task unchanged to get its status.",
+            parameter="taskUUID",
+        )
+    try:
+        return [first] + [service.get(u) for u in uuids[1:]]
+    except NotFound:  # a multi-image task that was only partly queued: queue the rest
+        return None
+
+
+def _submit_all(service: TaskService, jobs: list[CaptionJob]) -> list[TaskRecord]:
+    return [service.submit(job) for job in jobs]
+
+
+def render_records(
+    records: list[TaskRecord], task_uuid: str, *, timed_out_after: float | None = None
+) -> Reply:
+    """The reply for a caption task's records (one per image), under the task's UUID.
+
+    Unfinished records answer ``status: processing``, or — after a sync wait
+    (``timed_out_after`` set) — a ``timeoutProvider`` error.
+    """
+    reply = Reply()
+    for record in records:
+        if record.status == "success" and record.result is not None:
+            reply.items.append({**record.result, "taskUUID": task_uuid})
+        elif record.status == "error" and record.error is not None:
+            reply.add_stored_error({**record.error, "taskUUID": task_uuid})
+        elif timed_out_after is not None:
+            reply.add_error(
+                TimeoutProvider(
+                    f"The caption did not finish within {timed_out_after:g} s (sync_timeout_s). "
+                    "It is still running: fetch the result with a getResponse task and this "
+                    'taskUUID, or send deliveryMethod "async" to be answered at once.',
+                    parameter="deliveryMethod",
+                ),
+                task_type=RESULT_TASK_TYPE,
+                task_uuid=task_uuid,
+            )
+        else:
+            reply.items.append(processing_item(task_uuid))
+    return reply
+
+
+def processing_item(task_uuid: str) -> dict[str, Any]:
+    return {"taskType": RESULT_TASK_TYPE, "taskUUID": task_uuid, "status": "processing"}
+
+
+# ---------------------------------------------------------------------------- other tasks
+
+
+async def get_response(raw: dict[str, Any], ctx: Context, caller: Caller) -> Reply:
+    """The status, result or error of an earlier caption task."""
+    task = parse_task(GetResponseTask, raw)
+    records = await run_in_threadpool(_task_records, ctx.service, task.task_uuid)
+    return render_records(records, task.task_uuid)
+
+
+def _task_records(service: TaskService, task_uuid: str) -> list[TaskRecord]:
+    first = service.get(task_uuid)
+    uuids = job_uuids(task_uuid, image_count(first.original_task))
+    return [first] + [service.get(u) for u in uuids[1:]]
+
+
+async def get_task_details(raw: dict[str, Any], ctx: Context, caller: Caller) -> Reply:
+    """An earlier task as it was sent, and the envelope it was (or is being) answered with."""
+    task = parse_task(GetTaskDetailsTask, raw)
+    records = await run_in_threadpool(_task_records, ctx.service, task.task_uuid)
+    response = (
+        records[0].response
+        if len(records) == 1 and records[0].response is not None
+        else render_records(records, task.task_uuid).body()
+    )
+    return Reply.of_item(
+        {
+            "taskType": "getTaskDetails",
+            "taskUUID": task.task_uuid,
+            "request": [records[0].original_task],
+            "response": response,
+        }
+    )
+
+
+async def image_upload(raw: dict[str, Any], ctx: Context, caller: Caller) -> Reply:
+    """Store an image; answer its UUID and the URL it is served at."""
+    task = parse_task(ImageUploadTask, raw)
+    image_uuid = await run_in_threadpool(ctx.uploads.save, task.image)
+    return Reply.of_item(
+        {
+            "taskType": "imageUpload",
+            "taskUUID": task.task_uuid,
+            "imageUUID": image_uuid,
+            "imageURL": f"{caller.base_url}/v1/images/{image_uuid}",
+        }
+    )
+
+
+async def ping(raw: dict[str, Any], ctx: Context, caller: Caller) -> Reply:
+    task = parse_task(PingTask, raw)
+    item: dict[str, Any] = {"taskType": "ping", "pong": True}
+    if task.task_uuid is not None:
+        item["taskUUID"] = task.task_uuid
+    return Reply.of_item(item)
+
+
+async def misplaced_authentication(raw: dict[str, Any], ctx: Context, caller: Caller) -> Reply:
+    raise InvalidParameter(
+        "An authentication task must come first: the first element of the array (REST) or "
+        "the first message (WebSocket). Over REST you can send 'Authorization: Bearer <key>' "
+        "instead.",
+        parameter="taskType",
+    )
+
+
+HANDLERS: dict[str, Handler] = {
+    "caption": caption,
+    "imageCaption": caption,
+    "getResponse": get_response,
+    "getTaskDetails": get_task_details,
+    "imageUpload": image_upload,
+    "ping": ping,
+    "authentication": misplaced_authentication,
+}
+
+
+def _unsupported_task_type(task_type: Any) -> EdgecapError:
+    supported = ", ".join(t for t in HANDLERS if t != "authentication")
+    if task_type is None:
+        return InvalidParameter(
+            f"The task has no taskType. Set it to one of: {supported}.", parameter="taskType"
+        )
+    if not isinstance(task_type, str):
+        return InvalidParameter(
+            f"taskType must be a string, one of: {supported}.", parameter="taskType"
+        )
+    return UnsupportedTaskType(
+        f"edgecap does not run {task_type[:60]!r} tasks; it runs: {supported}.",
+        parameter="taskType",
+        allowedValues=[t for t in HANDLERS if t != "authentication"],
+    )
+
+
+def _outcome(reply: Reply) -> str:
+    if reply.errors:
+        return str(reply.errors[0].get("code"))
+    if any(item.get("status") == "processing" for item in reply.items):
+        return "accepted"
+    return "success"

@@ -1,0 +1,133 @@
+"""From a validated caption task to the :class:`CaptionJob`s the task service runs.
+
+One job per image: a task with ``inputImages`` becomes several jobs, the first under the task's
+own UUID and the others under UUIDs derived from it (:func:`job_uuids`), so the task's results
+can be found again from its UUID alone. Everything here blocks (model files are checked, URLs
+resolved, images fetched and decoded): call it from a worker thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from edgecap import images, netguard
+from edgecap.config import Settings
+from edgecap.errors import DownloadFailed, EdgecapError, InvalidParameter
+from edgecap.records import CaptionRequest, LoadedImage, Sampling
+from edgecap.registry import Registry
+from edgecap.server.schema import CaptionTask
+from edgecap.server.uploads import UploadStore, is_media_uuid, wire_source
+from edgecap.service import CaptionJob
+
+
+@dataclass(frozen=True)
+class JobInputs:
+    """The collaborators that turn a task into jobs."""
+
+    settings: Settings
+    registry: Registry
+    uploads: UploadStore
+
+
+def fingerprint(task: dict[str, Any]) -> str:
+    """sha256 of the task's canonical JSON: the same task sent twice has the same one."""
+    canonical = json.dumps(task, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def job_uuids(task_uuid: str, count: int) -> list[str]:
+    """The job UUIDs of a task with ``count`` images: its own first, then derived ones."""
+    namespace = uuid.UUID(task_uuid)
+    return [task_uuid] + [str(uuid.uuid5(namespace, f"inputImages[{i}]")) for i in range(1, count)]
+
+
+def image_count(original_task: dict[str, Any]) -> int:
+    """How many images (so jobs) a stored caption task has."""
+    listed = original_task.get("inputImages")
+    return len(listed) if isinstance(listed, list) and listed else 1
+
+
+def make_jobs(task: CaptionTask, raw: dict[str, Any], inputs: JobInputs) -> list[CaptionJob]:
+    """Check the model and delivery URLs, load the images, and build one job per image."""
+    settings = inputs.settings
+    model_files = inputs.registry.resolve(task.model)
+    model = model_files.id if task.model is not None else None
+    for url, purpose in (
+        (task.webhook_url, "webhookURL"),
+        (task.upload_endpoint, "uploadEndpoint"),
+    ):
+        if url is not None:
+            check_delivery_url(url, settings, purpose)
+    loaded = [
+        load_task_image(source, parameter, task, inputs)
+        for source, parameter in zip(task.image_sources(), image_parameters(task), strict=True)
+    ]
+    sampling = Sampling(
+        temperature=task.temperature if task.temperature is not None else 0.0,
+        seed=task.seed if task.seed is not None else 0,
+        max_tokens=task.max_tokens or settings.max_tokens,
+    )
+    json_schema = task.json_schema
+    if json_schema is None and task.response_format == "json":
+        json_schema = {}
+    task_fingerprint = fingerprint(raw)
+    return [
+        CaptionJob(
+            task_uuid=job_uuid,
+            request=CaptionRequest(
+                image=image,
+                prompt=task.instruction() or settings.default_prompt,
+                system_prompt=settings.system_prompt,
+                sampling=sampling,
+                json_schema=json_schema,
+            ),
+            model=model,
+            include_cost=task.include_cost,
+            webhook_url=task.webhook_url,
+            upload_endpoint=task.upload_endpoint,
+            ttl_s=task.ttl,
+            fingerprint=task_fingerprint,
+            original_task=raw,
+        )
+        for job_uuid, image in zip(job_uuids(task.task_uuid, len(loaded)), loaded, strict=True)
+    ]
+
+
+def image_parameters(task: CaptionTask) -> list[str]:
+    """How error messages name each image source of the task."""
+    if task.inputs is not None:
+        return ["inputs.image"]
+    if task.input_image is not None:
+        return ["inputImage"]
+    return [f"inputImages[{i}]" for i in range(len(task.input_images or []))]
+
+
+def load_task_image(
+    source: str, parameter: str, task: CaptionTask, inputs: JobInputs
+) -> LoadedImage:
+    """An upload (by UUID), a URL, a data URI or base64, decoded and budget-resized."""
+    try:
+        readable: str | bytes = (
+            inputs.uploads.read(source, parameter=parameter)
+            if is_media_uuid(source)
+            else wire_source(source)
+        )
+        return images.load_image(
+            readable, inputs.settings, min_pixels=task.min_pixels, max_pixels=task.max_pixels
+        )
+    except EdgecapError as exc:
+        if exc.parameter is None:
+            exc.parameter = parameter
+        raise
+
+
+def check_delivery_url(url: str, settings: Settings, purpose: str) -> None:
+    """A webhookURL or uploadEndpoint must pass the outbound URL policy now, not at delivery."""
+    try:
+        netguard.check_url(url, settings, purpose=purpose)
+    except DownloadFailed as exc:
+        raise InvalidParameter(exc.message, parameter=purpose) from None

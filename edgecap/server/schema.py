@@ -1,0 +1,396 @@
+"""The task objects of the caption API (caption-api.md) as strict pydantic models.
+
+Every field a Runware client is known to send is declared; anything else is refused as
+``unsupportedParameter``. :func:`parse_task` turns pydantic's first complaint into the
+contract's error: ``invalidTaskUUID``, ``invalidPrompt``, ``missingInputImage``,
+``invalidParameter`` with ``min``/``max``/``allowedValues``, and so on, with a message that
+says how to fix the request.
+
+What the official clients send (read in their source):
+
+- ``runware`` 0.5.24 (WebSocket): ``authentication`` {apiKey, connectionSessionUUID?},
+  ``ping`` {ping}, ``imageUpload`` {taskUUID, image}, ``imageCaption`` {taskUUID, inputImage or
+  inputImages, model?, template or prompt (an array of strings), includeCost?, webhookURL?},
+  ``getResponse`` / ``getTaskDetails`` {taskUUID}.
+- ``runware-sdk`` 1.8.0 (REST or WebSocket): ``caption`` {taskType, taskUUID, deliveryMethod
+  (``async`` by default), model, inputs, includeCost?, webhookURL?, routing?}, then
+  ``getResponse`` {taskUUID}; the same ``authentication`` and ``ping``; ``imageUpload``
+  {taskUUID, image}.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import types
+import typing
+from typing import Annotated, Any, Literal
+
+import jsonschema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+from pydantic_core import ErrorDetails, PydanticCustomError
+
+from edgecap.errors import EdgecapError, UnsupportedParameter
+from edgecap.server.errors import status_of
+
+MAX_PROMPT_CHARS = 20_000
+MAX_INPUT_IMAGES = 8
+MAX_URL_CHARS = 2048
+UUID_V4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", re.I)
+CAPTION_TASK_TYPES = ("caption", "imageCaption")
+
+
+def _check_uuid_v4(value: str) -> str:
+    if not UUID_V4.fullmatch(value):
+        raise PydanticCustomError(
+            "invalidTaskUUID",
+            "taskUUID must be a UUID v4 such as 3f2b6c1e-8d4a-4c5e-9f7a-1b2c3d4e5f60, "
+            "not '{value}'. Generate a new one for every task (uuid.uuid4()).",
+            {"value": value[:80]},
+        )
+    return value
+
+
+def _join_prompt(value: Any) -> Any:
+    """A prompt is a string or an array of strings (joined with newlines)."""
+    if isinstance(value, list):
+        if not value or not all(isinstance(part, str) for part in value):
+            raise PydanticCustomError(
+                "invalidPrompt",
+                "An array prompt must hold one or more strings, e.g. "
+                '["Describe the image.", "Mention any text."].',
+            )
+        return "\n".join(value)
+    return value
+
+
+TaskUUID = Annotated[str, AfterValidator(_check_uuid_v4)]
+Prompt = Annotated[
+    str, BeforeValidator(_join_prompt), Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+]
+ImageSource = Annotated[str, Field(min_length=1)]
+WebURL = Annotated[str, Field(min_length=1, max_length=MAX_URL_CHARS)]
+
+
+class _Task(BaseModel):
+    model_config = ConfigDict(
+        strict=True, extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=False
+    )
+
+
+class CaptionInputs(_Task):
+    image: ImageSource = Field(
+        description="An uploaded image's UUID, an http(s) URL, a data URI or plain base64"
+    )
+
+
+class CaptionTask(_Task):
+    """``caption`` (or the legacy ``imageCaption``): describe an image, or answer about it."""
+
+    task_type: Literal["caption", "imageCaption"] = Field(alias="taskType")
+    task_uuid: TaskUUID = Field(alias="taskUUID")
+    model: str | None = Field(
+        None, min_length=1, max_length=256, description="AIR id, alias or local model name"
+    )
+    inputs: CaptionInputs | None = None
+    input_image: ImageSource | None = Field(None, description="Legacy form of inputs.image")
+    input_images: list[ImageSource] | None = Field(
+        None, min_length=1, max_length=MAX_INPUT_IMAGES, description="One result per image"
+    )
+    prompt: Prompt | None = Field(None, description="A string, or strings joined by newlines")
+    template: Prompt | None = Field(None, description="Legacy name of prompt")
+    include_cost: bool = False
+    delivery_method: Literal["sync", "async"] = "sync"
+    webhook_url: WebURL | None = Field(None, alias="webhookURL")
+    upload_endpoint: WebURL | None = None
+    ttl: int | None = Field(None, ge=60, description="Seconds the result stays retrievable")
+    output_type: Literal["URL", "base64Data", "dataURI"] | None = None
+    output_format: Literal["JPG", "PNG", "WEBP"] | None = None
+    output_quality: int = Field(95, ge=20, le=99)
+    routing: dict[str, Any] | None = Field(None, description="Accepted and ignored")
+    # edgecap extensions
+    max_tokens: int | None = Field(None, ge=1, le=8192)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    max_pixels: int | None = Field(None, gt=0, description="Image budget, clamped to the ceiling")
+    min_pixels: int | None = Field(None, gt=0)
+    response_format: Literal["text", "json"] | None = None
+    json_schema: dict[str, Any] | None = Field(None, description="Constrain the output to it")
+
+    @model_validator(mode="after")
+    def _one_image_source(self) -> CaptionTask:
+        given = [
+            name
+            for name, value in (
+                ("inputs.image", self.inputs),
+                ("inputImage", self.input_image),
+                ("inputImages", self.input_images),
+            )
+            if value is not None
+        ]
+        if len(given) != 1:
+            problem = "No image was given" if not given else f"Both {' and '.join(given)} given"
+            raise PydanticCustomError(
+                "missingInputImage",
+                "{problem}: send exactly one of inputs.image, inputImage or inputImages "
+                "(an uploaded image's UUID, an http(s) URL, a data URI or base64).",
+                {"problem": problem, "parameter": "inputs.image"},
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _consistent_text_options(self) -> CaptionTask:
+        if self.prompt is not None and self.template is not None:
+            raise PydanticCustomError(
+                "invalidPrompt",
+                "Send the instruction as prompt or as template (its legacy name), not both.",
+                {"parameter": "template"},
+            )
+        if self.json_schema is not None and self.response_format == "text":
+            raise PydanticCustomError(
+                "invalidParameter",
+                'jsonSchema asks for JSON output but responseFormat is "text"; drop one.',
+                {"parameter": "responseFormat"},
+            )
+        if self.json_schema is not None:
+            try:
+                jsonschema.validators.validator_for(self.json_schema).check_schema(self.json_schema)
+            except jsonschema.SchemaError as exc:
+                raise PydanticCustomError(
+                    "invalidParameter",
+                    "jsonSchema is not a valid JSON schema: {problem}.",
+                    {"problem": exc.message, "parameter": "jsonSchema"},
+                ) from None
+        return self
+
+    def image_sources(self) -> list[str]:
+        """The images to caption, in order (exactly one source form was given)."""
+        if self.inputs is not None:
+            return [self.inputs.image]
+        if self.input_image is not None:
+            return [self.input_image]
+        return list(self.input_images or [])
+
+    def instruction(self) -> str | None:
+        return self.prompt if self.prompt is not None else self.template
+
+
+class ImageUploadTask(_Task):
+    """``imageUpload``: store an image, get a UUID to caption it by."""
+
+    task_type: Literal["imageUpload"] = Field(alias="taskType")
+    task_uuid: TaskUUID = Field(alias="taskUUID")
+    image: ImageSource = Field(description="A data URI, plain base64, or an http(s) URL")
+
+
+class GetResponseTask(_Task):
+    """``getResponse``: the status or result of an earlier task."""
+
+    task_type: Literal["getResponse"] = Field(alias="taskType")
+    task_uuid: TaskUUID = Field(alias="taskUUID", description="The earlier task's UUID")
+
+
+class GetTaskDetailsTask(_Task):
+    """``getTaskDetails``: an earlier task as it was sent, and the reply it got."""
+
+    task_type: Literal["getTaskDetails"] = Field(alias="taskType")
+    task_uuid: TaskUUID = Field(alias="taskUUID", description="The earlier task's UUID")
+
+
+class PingTask(_Task):
+    task_type: Literal["ping"] = Field(alias="taskType")
+    ping: bool | None = None
+    task_uuid: TaskUUID | None = Field(None, alias="taskUUID")
+
+
+class AuthenticationTask(_Task):
+    """The first element (REST) or first message (WebSocket) when API keys are required."""
+
+    task_type: Literal["authentication"] = Field(alias="taskType")
+    api_key: str = Field(max_length=512)
+    connection_session_uuid: TaskUUID | None = Field(
+        None, alias="connectionSessionUUID", description="Resume this WebSocket session"
+    )
+    task_uuid: TaskUUID | None = Field(None, alias="taskUUID")
+
+
+TASK_MODELS: tuple[type[_Task], ...] = (
+    CaptionTask,
+    ImageUploadTask,
+    GetResponseTask,
+    GetTaskDetailsTask,
+    PingTask,
+    AuthenticationTask,
+)
+
+# ---------------------------------------------------------------------------- errors
+
+# Error types our validators raise: each is the contract's error code.
+CUSTOM_CODES = frozenset(
+    {"invalidTaskUUID", "invalidPrompt", "missingInputImage", "invalidParameter"}
+)
+# The error code for a malformed field, when it is not invalidParameter.
+FIELD_CODES = {
+    "taskUUID": "invalidTaskUUID",
+    "prompt": "invalidPrompt",
+    "template": "invalidPrompt",
+    "model": "invalidModel",
+    "inputs": "invalidInputImage",
+    "inputs.image": "invalidInputImage",
+    "inputImage": "invalidInputImage",
+    "inputImages": "invalidInputImage",
+    "image": "invalidInputImage",
+    "apiKey": "invalidApiKey",
+}
+TYPE_PHRASES = {
+    "string_type": "a string",
+    "bool_type": "a boolean (true or false)",
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "dict_type": "an object",
+    "model_type": "an object",
+    "model_attributes_type": "an object",
+    "list_type": "an array",
+}
+BOUND_PHRASES = {
+    "greater_than_equal": ("ge", "at least"),
+    "greater_than": ("gt", "greater than"),
+    "less_than_equal": ("le", "at most"),
+    "less_than": ("lt", "less than"),
+}
+LENGTH_PHRASES = {
+    "string_too_short": ("min_length", "at least {} characters long"),
+    "string_too_long": ("max_length", "at most {} characters long"),
+    "too_short": ("min_length", "an array of at least {} items"),
+    "too_long": ("max_length", "an array of at most {} items"),
+}
+
+
+def parse_task(model: type[_Task], raw: dict[str, Any]) -> Any:
+    """Validate ``raw`` as ``model``; raise the contract's error for the first problem."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise contract_error(model, raw, exc.errors()[0]) from None
+
+
+def contract_error(model: type[_Task], raw: dict[str, Any], error: ErrorDetails) -> EdgecapError:
+    """One pydantic error as the caption API's error."""
+    kind = error["type"]
+    ctx: dict[str, Any] = dict(error.get("ctx") or {})
+    parameter = ctx.pop("parameter", None) or ".".join(str(p) for p in error["loc"]) or None
+    task_type = str(raw.get("taskType"))
+    if kind == "extra_forbidden":
+        owner = _model_at(model, error["loc"][:-1])
+        known = ", ".join(f.alias or name for name, f in owner.model_fields.items())
+        where = "" if owner is model else " of " + ".".join(map(str, error["loc"][:-1]))
+        return UnsupportedParameter(
+            f"{parameter} is not a parameter of the {task_type} task; remove it. "
+            f"Parameters{where}: {known}.",
+            parameter=parameter,
+        )
+    if kind in CUSTOM_CODES:
+        return EdgecapError(error["msg"], code=kind, status=400, parameter=parameter)
+    code = FIELD_CODES.get(parameter or "", "invalidParameter")
+    message, extra = _describe(model, parameter or "the task", error)
+    return EdgecapError(
+        message, code=code, status=status_of({"code": code}), parameter=parameter, **extra
+    )
+
+
+def _describe(
+    model: type[_Task], parameter: str, error: ErrorDetails
+) -> tuple[str, dict[str, Any]]:
+    kind, value, ctx = error["type"], error.get("input"), error.get("ctx") or {}
+    got = f"not {_json_kind(value)}" if kind in TYPE_PHRASES else f"got {_shown(value)}"
+    if kind == "missing":
+        hint = " Send a new UUID v4 for every task." if parameter == "taskUUID" else ""
+        return f"{parameter} is required.{hint}", {}
+    if kind in TYPE_PHRASES:
+        return f"{parameter} must be {TYPE_PHRASES[kind]}, {got}.", {"type": _type_name(kind)}
+    if kind == "literal_error":
+        allowed = _allowed_values(model, parameter)
+        shown = ", ".join(repr(v) for v in allowed)
+        return f"{parameter} must be one of {shown}; {got}.", {"allowedValues": allowed}
+    if kind in BOUND_PHRASES:
+        key, phrase = BOUND_PHRASES[kind]
+        return f"{parameter} must be {phrase} {ctx[key]}; {got}.", _bounds(model, parameter)
+    if kind == "string_too_short" and ctx.get("min_length") == 1:
+        return f"{parameter} must not be empty.", _bounds(model, parameter)
+    if kind in LENGTH_PHRASES:
+        key, phrase = LENGTH_PHRASES[kind]
+        return f"{parameter} must be {phrase.format(ctx[key])}.", _bounds(model, parameter)
+    return f"{parameter} is invalid: {error['msg']}.", {}
+
+
+def _model_at(model: type[_Task], loc: tuple[int | str, ...]) -> type[_Task]:
+    """The nested model that the path ``loc`` leads to (``("inputs",)`` -> CaptionInputs)."""
+    for part in loc:
+        info = _field(model, str(part))
+        nested = _non_null(info.annotation) if info is not None else None
+        if not (isinstance(nested, type) and issubclass(nested, _Task)):
+            return model
+        model = nested
+    return model
+
+
+def _non_null(annotation: Any) -> Any:
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return next(a for a in typing.get_args(annotation) if a is not type(None))
+    return annotation
+
+
+def _field(model: type[_Task], parameter: str) -> Any:
+    for name, info in model.model_fields.items():
+        if (info.alias or name) == parameter:
+            return info
+    return None
+
+
+def _allowed_values(model: type[_Task], parameter: str) -> list[Any]:
+    info = _field(model, parameter)
+    if info is None:
+        return []
+    return list(typing.get_args(_non_null(info.annotation)))
+
+
+def _bounds(model: type[_Task], parameter: str) -> dict[str, Any]:
+    """``min``/``max`` of a numeric field, or of a length, as declared."""
+    info = _field(model, parameter)
+    out: dict[str, Any] = {}
+    for meta in info.metadata if info is not None else ():
+        for attr, key in (("ge", "min"), ("gt", "min"), ("min_length", "min")):
+            if getattr(meta, attr, None) is not None:
+                out[key] = getattr(meta, attr)
+        for attr, key in (("le", "max"), ("lt", "max"), ("max_length", "max")):
+            if getattr(meta, attr, None) is not None:
+                out[key] = getattr(meta, attr)
+    return out
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    for kind, name in ((bool, "a boolean"), (int | float, "a number"), (str, "a string")):
+        if isinstance(value, kind):
+            return f"{name} ({_shown(value)})"
+    return "an array" if isinstance(value, list) else "an object"
+
+
+def _type_name(kind: str) -> str:
+    return TYPE_PHRASES[kind].split(" ")[1]
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,214 @@
+"""The WebSocket at ``/v1``: the same tasks as REST, answered one frame per result.
+
+A connection starts with an ``authentication`` message (required when the server has API keys)
+and gets a ``connectionSessionUUID``. Tasks run concurrently; every result item is sent as its
+own ``{"data": [item]}`` frame and every error as its own ``{"errors": [error]}`` frame.
+
+Sessions outlive connections: a task still running when its connection drops sends its result
+to the session's outbox, and a client that reconnects and authenticates with the same
+``connectionSessionUUID`` (and the same key) receives those frames right after the
+authentication reply. Sessions live in memory, for :data:`SESSION_TTL_S` after their last
+connection closed; results themselves are durable and can always be fetched with getResponse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections import deque
+from typing import Any
+
+from fastapi import WebSocket, WebSocketDisconnect
+
+from edgecap.errors import EdgecapError
+from edgecap.server.body import parse_body, too_large
+from edgecap.server.envelope import Reply
+from edgecap.server.handlers import Caller, Context, run_task, task_identity
+from edgecap.server.schema import AuthenticationTask, parse_task
+
+SESSION_TTL_S = 3600.0
+OUTBOX_FRAMES = 1000  # frames kept for a disconnected session; the oldest are dropped first
+
+
+SEND_ERRORS = (WebSocketDisconnect, RuntimeError, OSError)  # the socket closed under us
+
+
+class Writer:
+    """Writes frames to one socket, one at a time."""
+
+    def __init__(self, socket: WebSocket) -> None:
+        self.socket = socket
+        self._lock = asyncio.Lock()
+
+    async def write(self, frame: dict[str, Any]) -> None:
+        async with self._lock:
+            await self.socket.send_text(json.dumps(frame))
+
+
+class WsSession:
+    """A client's session: its current connection, if any, and the frames it has yet to get."""
+
+    def __init__(self, identity: str) -> None:
+        self.uuid = str(uuid.uuid4())
+        self.identity = identity  # which API key opened it: only that key may resume it
+        self.writer: Writer | None = None
+        self.outbox: deque[dict[str, Any]] = deque(maxlen=OUTBOX_FRAMES)
+        self.detached_at: float | None = time.monotonic()
+        self._lock = asyncio.Lock()  # keeps frames in order across reconnections
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        """Send now if connected, else keep the frame for when the client comes back."""
+        async with self._lock:
+            if self.writer is not None:
+                try:
+                    await self.writer.write(frame)
+                    return
+                except SEND_ERRORS:
+                    self._detach()
+            self.outbox.append(frame)
+
+    async def attach(self, writer: Writer, greeting: dict[str, Any] | None) -> None:
+        """Make ``writer`` the session's connection; send ``greeting``, then the outbox."""
+        async with self._lock:
+            self.writer, self.detached_at = writer, None
+            try:
+                if greeting is not None:
+                    await writer.write(greeting)
+                while self.outbox:
+                    await writer.write(self.outbox[0])
+                    self.outbox.popleft()
+            except SEND_ERRORS:  # gone again; what is left waits for the next connection
+                self._detach()
+
+    def detach(self, writer: Writer) -> None:
+        if self.writer is writer:
+            self._detach()
+
+    def _detach(self) -> None:
+        self.writer, self.detached_at = None, time.monotonic()
+
+
+class Sessions:
+    """The WebSocket sessions of one app."""
+
+    def __init__(self) -> None:
+        self._by_uuid: dict[str, WsSession] = {}
+
+    def open(self, identity: str, resume: str | None) -> WsSession:
+        """The session ``resume`` names if it exists and belongs to ``identity``, else a new one."""
+        self._forget_stale()
+        session = self._by_uuid.get(resume or "")
+        if session is not None and session.identity == identity:
+            return session
+        session = WsSession(identity)
+        self._by_uuid[session.uuid] = session
+        return session
+
+    def _forget_stale(self) -> None:
+        cutoff = time.monotonic() - SESSION_TTL_S
+        for key, session in list(self._by_uuid.items()):
+            if session.detached_at is not None and session.detached_at < cutoff:
+                del self._by_uuid[key]
+
+
+class Connection:
+    """One WebSocket connection: reads messages, runs their tasks, sends the frames."""
+
+    def __init__(self, socket: WebSocket, ctx: Context, sessions: Sessions) -> None:
+        self.socket = socket
+        self.writer = Writer(socket)
+        self.ctx = ctx
+        self.sessions = sessions
+        self.session: WsSession | None = None
+        self.running: set[asyncio.Task[None]] = set()  # strong references to task coroutines
+        base = socket.base_url
+        http_scheme = "https" if base.scheme == "wss" else "http"
+        self.caller = Caller(str(base.replace(scheme=http_scheme)).rstrip("/"), "ws")
+
+    async def serve(self) -> None:
+        await self.socket.accept()
+        try:
+            while True:
+                message = await self.socket.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                await self.on_message(message.get("text") or message.get("bytes") or b"")
+        except WebSocketDisconnect:
+            pass
+        finally:
+            if self.session is not None:
+                self.session.detach(self.writer)  # running tasks now fill its outbox
+
+    async def on_message(self, data: str | bytes) -> None:
+        try:
+            if len(data) > self.ctx.settings.max_body_bytes:
+                raise too_large(self.ctx.settings.max_body_bytes)
+            tasks = await parse_body(data)
+        except EdgecapError as exc:
+            await self.send_now(Reply.of_error(exc, task_type=None, task_uuid=None))
+            return
+        for raw in tasks:
+            if isinstance(raw, dict) and raw.get("taskType") == "authentication":
+                await self.authenticate(raw)
+            elif self.session is None and self.ctx.keys.required:
+                await self.refuse(raw)
+            else:
+                session = self.session or await self.anonymous_session()
+                runner = asyncio.create_task(self.run(raw, session))
+                self.running.add(runner)
+                runner.add_done_callback(self.running.discard)
+
+    async def authenticate(self, raw: dict[str, Any]) -> None:
+        task_uuid = task_identity(raw)[1]
+        try:
+            task = parse_task(AuthenticationTask, raw)
+            self.ctx.keys.check(task.api_key)
+        except EdgecapError as exc:
+            await self.send_now(
+                Reply.of_error(exc, task_type="authentication", task_uuid=task_uuid)
+            )
+            return
+        session = self.sessions.open(
+            self.ctx.keys.identity(task.api_key), task.connection_session_uuid
+        )
+        if self.session is not None and self.session is not session:
+            self.session.detach(self.writer)
+        self.session = session
+        item: dict[str, Any] = {"taskType": "authentication", "connectionSessionUUID": session.uuid}
+        if task_uuid is not None:
+            item["taskUUID"] = task_uuid
+        await session.attach(self.writer, {"data": [item]})
+
+    async def anonymous_session(self) -> WsSession:
+        """Without API keys, tasks may come before (or without) an authentication message."""
+        self.session = self.sessions.open(self.ctx.keys.identity(None), None)
+        await self.session.attach(self.writer, None)
+        return self.session
+
+    async def refuse(self, raw: Any) -> None:
+        task_type, task_uuid = task_identity(raw)
+        try:
+            self.ctx.keys.check(None)
+        except EdgecapError as exc:
+            await self.send_now(Reply.of_error(exc, task_type=task_type, task_uuid=task_uuid))
+
+    async def run(self, raw: Any, session: WsSession) -> None:
+        reply = await run_task(raw, self.ctx, self.caller)
+        for frame in frames(reply):
+            await session.send(frame)
+
+    async def send_now(self, reply: Reply) -> None:
+        """Frames that belong to this connection only (no session, e.g. a failed login)."""
+        for frame in frames(reply):
+            with contextlib.suppress(*SEND_ERRORS):
+                await self.writer.write(frame)
+
+
+def frames(reply: Reply) -> list[dict[str, Any]]:
+    """One frame per result item, one per error (clients match frames by taskUUID)."""
+    return [{"data": [item]} for item in reply.items] + [
+        {"errors": [error]} for error in reply.errors
+    ]
