@@ -1,0 +1,29 @@
+"""Fixtures shared by the whole suite. Helpers append their own sections below; keep each
+section's fixtures together under its heading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tools.make_tiny_model import make_checkpoint
+
+# -- isolation -------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def edgecap_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own EDGECAP_HOME, so nothing touches the real user directory."""
+    home = tmp_path_factory.mktemp("edgecap-home")
+    monkeypatch.setenv("EDGECAP_HOME", str(home))
+    return home
+
+
+# -- the tiny checkpoint (tools/make_tiny_model.py) ------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The ``tiny`` preset with seed 0, built once per session. Treat it as read-only."""
+    return make_checkpoint(tmp_path_factory.mktemp("tiny") / "hf", "tiny", seed=0)
