@@ -1,0 +1,230 @@
+"""``edgecap caption IMAGE...``: caption files, folders, globs, URLs or stdin.
+
+Parses and validates the flags, finds the images, resolves the model, then hands everything to
+:func:`edgecap.batch.caption_many` and prints what comes back (:mod:`edgecap.cli.render`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from tqdm import tqdm
+
+from edgecap.batch import (
+    CaptionOptions,
+    ImageItem,
+    Outcome,
+    RunOptions,
+    StreamingEngine,
+    Summary,
+    caption_many,
+    find_images,
+)
+from edgecap.cli.render import OUTPUT_FORMATS, OutputFormat, Renderer, random_weights_notice, say
+from edgecap.config import PIXELS_PER_TOKEN, Settings, load_settings
+from edgecap.records import ModelFiles, Sampling
+from edgecap.registry import Registry
+
+
+class ClosableEngine(StreamingEngine, Protocol):
+    """What the command needs of :class:`edgecap.engine.Engine`."""
+
+    def close(self) -> None: ...
+
+
+def open_engine(model: ModelFiles, settings: Settings) -> ClosableEngine:
+    """Load ``model`` into a llama.cpp engine (the one place the CLI builds an engine)."""
+    from edgecap.engine import Engine as LlamaEngine  # loads llama.cpp: only when captioning
+
+    return LlamaEngine(model, settings)
+
+
+def resolve_model(settings: Settings, name: str | None) -> ModelFiles:
+    """The model files a name means (None: the default), saying so when weights are random."""
+    registry = Registry(settings)
+    model = registry.resolve(name)
+    if model.random_weights:
+        say(random_weights_notice(model.id, registry.catalog.default))
+    return model
+
+
+# ---------------------------------------------------------------------------- arguments
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "caption",
+        help="caption images, folders, globs or URLs",
+        description=(
+            "Caption images. IMAGE is a file, a folder (searched recursively), a glob, an "
+            "http(s) URL, or - for stdin. Text streams for one image; folders show a progress "
+            "bar, and a bad image is reported and skipped (exit code 1)."
+        ),
+    )
+    parser.add_argument("images", nargs="+", metavar="IMAGE")
+
+    ask = parser.add_argument_group("what to ask")
+    ask.add_argument("--prompt", help="the instruction (default: describe the image in detail)")
+    ask.add_argument("--system", help="a system prompt")
+    shape = ask.add_mutually_exclusive_group()
+    shape.add_argument(
+        "--json-schema",
+        type=json_schema_file,
+        metavar="FILE",
+        help="constrain the answer to this JSON schema",
+    )
+    shape.add_argument(
+        "--json",
+        dest="json_schema",
+        action="store_const",
+        const={},
+        help="constrain the answer to a JSON object (any)",
+    )
+
+    gen = parser.add_argument_group("model and sampling")
+    gen.add_argument("--model", help="model name, alias or AIR id (default: the default model)")
+    gen.add_argument("--max-tokens", type=bounded(int, 1, 8192), metavar="N")
+    gen.add_argument("--temperature", type=bounded(float, 0.0, 2.0), default=0.0, metavar="T")
+    gen.add_argument("--top-p", type=bounded(float, 0.0, 1.0), default=1.0, metavar="P")
+    gen.add_argument("--top-k", type=bounded(int, 0, 1000), default=0, metavar="K")
+    gen.add_argument("--seed", type=bounded(int, 0, 2**32 - 1), default=0)
+    gen.add_argument(
+        "--max-pixels",
+        type=bounded(int, PIXELS_PER_TOKEN, None),
+        metavar="N",
+        help="image budget: resize images above N pixels (default 1024 tokens = 802816)",
+    )
+    gen.add_argument("--min-pixels", type=bounded(int, PIXELS_PER_TOKEN, None), metavar="N")
+    gen.add_argument("--threads", type=bounded(int, 1, 1024), metavar="N")
+    gen.add_argument("--offline", action="store_true", help="refuse all network access")
+
+    out = parser.add_argument_group("output")
+    out.add_argument(
+        "--output",
+        choices=OUTPUT_FORMATS,
+        help="what to print: text (default), json (the API result item), jsonl (+ image); "
+        "with --out or --sidecar nothing is printed unless asked",
+    )
+    out.add_argument("--include-cost", action="store_true", help="add the API's cost field")
+    out.add_argument("--out", type=Path, metavar="FILE", help="append JSONL results to FILE")
+    out.add_argument("--sidecar", action="store_true", help="write photo.txt next to photo.jpg")
+    out.add_argument("--overwrite", action="store_true", help="redo images that have a sidecar")
+    out.add_argument("--resume", action="store_true", help="skip images done by an earlier run")
+    out.add_argument(
+        "--journal",
+        type=Path,
+        metavar="FILE",
+        help="where finished images are recorded (default: $EDGECAP_HOME/batch-journal.jsonl)",
+    )
+    parser.set_defaults(func=run)
+
+
+def bounded(
+    kind: Callable[[str], int] | Callable[[str], float], low: float, high: float | None
+) -> Callable[[str], Any]:
+    """An argparse type: ``kind(text)`` within ``[low, high]`` (no upper bound if None)."""
+    name = "a whole number" if kind is int else "a number"
+
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {name}") from None
+        if value < low or (high is not None and value > high):
+            where = f"from {low} to {high}" if high is not None else f"{low} or more"
+            raise argparse.ArgumentTypeError(f"{text} is out of range: use {where}")
+        return value
+
+    return convert
+
+
+def json_schema_file(text: str) -> dict[str, Any]:
+    """An argparse type: a file holding a JSON schema object."""
+    try:
+        schema = json.loads(Path(text).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot read {text}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text} is not valid JSON: {exc}") from None
+    if not isinstance(schema, dict):
+        raise argparse.ArgumentTypeError(f"{text} must hold a JSON object (a JSON schema)")
+    return schema
+
+
+# ---------------------------------------------------------------------------- running
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load_settings(offline=True if args.offline else None, n_threads=args.threads)
+    run_options = RunOptions(
+        jsonl=args.out,
+        sidecars=args.sidecar,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        journal=args.journal,
+        include_cost=args.include_cost,
+    )
+    items = find_images(args.images)
+    options = CaptionOptions(
+        prompt=args.prompt or settings.default_prompt,
+        system_prompt=args.system,
+        sampling=Sampling(
+            temperature=args.temperature,
+            top_p=args.top_p,
+            top_k=args.top_k,
+            seed=args.seed,
+            max_tokens=args.max_tokens or settings.max_tokens,
+        ),
+        json_schema=args.json_schema,
+        min_pixels=args.min_pixels,
+        max_pixels=args.max_pixels,
+    )
+    output: OutputFormat | None = args.output or (None if run_options.writes_files else "text")
+    renderer = Renderer(output, stream=len(items) == 1)
+
+    model = resolve_model(settings, args.model)
+    engine = open_engine(model, settings)
+    try:
+        summary = _caption_with_progress(items, engine, settings, options, run_options, renderer)
+    finally:
+        engine.close()
+    if len(items) > 1 or summary.failed or summary.skipped:
+        print(summary.line(), file=sys.stderr)
+    return summary.exit_code
+
+
+def _caption_with_progress(
+    items: list[ImageItem],
+    engine: ClosableEngine,
+    settings: Settings,
+    options: CaptionOptions,
+    run_options: RunOptions,
+    renderer: Renderer,
+) -> Summary:
+    # The bar shows only for several images, and only on a terminal (disable=None).
+    with tqdm(
+        total=len(items),
+        unit="img",
+        file=sys.stderr,
+        disable=None if len(items) > 1 else True,
+        dynamic_ncols=True,
+    ) as bar:
+
+        def on_outcome(outcome: Outcome) -> None:
+            bar.update(1)
+            renderer.outcome(outcome)
+
+        return caption_many(
+            items,
+            engine,
+            settings,
+            options,
+            run_options,
+            on_outcome=on_outcome,
+            on_piece=renderer.piece,
+        )
