@@ -12,9 +12,10 @@ The library behind ``edgecap caption`` on folders, for the server and the benchm
   journal, so a run killed at any moment loses no journaled result, and ``resume`` redoes at most
   the one image that was being written when it died.
 
-The journal is an append-only JSONL file, one fsynced line per finished image, keyed by the
-image's content sha256 and source, what was asked (prompt, system prompt, sampling, JSON schema,
-pixel budget), the model, and where the results were written.
+The journal is an append-only JSONL file, one fsynced line per finished image. Its keys name
+the image (content sha256 and source), what was asked (prompt, system prompt, sampling, JSON
+schema, pixel budget), the model, and one destination each (the JSONL file, the sidecar): an
+image is done for a resumed run when every destination of that run has its result.
 """
 
 from __future__ import annotations
@@ -326,7 +327,7 @@ class _Prepared:
 
     image: ImageItem
     loaded: LoadedImage | None = None
-    key: str = ""
+    keys: tuple[str, ...] = ()  # one per destination of its result
     outcome: Failed | Skipped | None = None
 
 
@@ -351,7 +352,7 @@ class _Batch:
             path = run.journal or settings.home / JOURNAL_NAME
             self.journal = _LineFile(path)
             if run.resume:
-                self.done = {line["key"] for line in self.journal.read() if "key" in line}
+                self.done = {key for line in self.journal.read() for key in line.get("keys", ())}
         if run.jsonl is not None:
             self.results = _LineFile(run.jsonl)
 
@@ -366,8 +367,6 @@ class _Batch:
             "sampling": asdict(self.options.sampling),
             "json_schema": self.options.json_schema,
             "pixels": [low, high],
-            "jsonl": str(self.run.jsonl.resolve()) if self.run.jsonl else None,
-            "sidecars": self.run.sidecars,
         }
         return json.dumps(job, sort_keys=True)
 
@@ -379,9 +378,21 @@ class _Batch:
                 owners.setdefault(item.sidecar.resolve(), item)
         return owners
 
-    def key(self, image: ImageItem, sha256: str) -> str:
+    def keys(self, image: ImageItem, sha256: str) -> tuple[str, ...]:
+        """The journal keys of this job's result for an image: one per place it is written."""
         source = str(image.path.resolve()) if image.path is not None else image.name
-        return hashlib.sha256(f"{self.job}\n{source}\n{sha256}".encode()).hexdigest()
+        destinations = []
+        if self.run.jsonl is not None:
+            destinations.append(f"jsonl {self.run.jsonl.resolve()}")
+        if self.run.sidecars and image.sidecar is not None:
+            destinations.append(f"sidecar {image.sidecar.resolve()}")
+        return tuple(
+            hashlib.sha256(f"{self.job}\n{source}\n{sha256}\n{d}".encode()).hexdigest()
+            for d in destinations
+        )
+
+    def is_done(self, keys: tuple[str, ...]) -> bool:
+        return self.run.resume and bool(keys) and all(key in self.done for key in keys)
 
     # -- ahead of time, in the prefetch thread ---------------------------------------------
 
@@ -401,17 +412,17 @@ class _Batch:
             )
         except EdgecapError as exc:
             return _Prepared(image, outcome=Failed(image, exc))
-        key = self.key(image, loaded.sha256)
-        if self.run.resume and key in self.done:
+        keys = self.keys(image, loaded.sha256)
+        if self.is_done(keys):
             return _Prepared(image, outcome=Skipped(image, DONE_BEFORE))
-        return _Prepared(image, loaded, key)
+        return _Prepared(image, loaded, keys)
 
     def _done_before_decoding(self, image: ImageItem) -> bool:
         # Hashing a file is much cheaper than decoding it: resuming a long run skips quickly.
         if not self.run.resume or image.path is None:
             return False
         try:
-            return self.key(image, sha256_file(image.path)) in self.done
+            return self.is_done(self.keys(image, sha256_file(image.path)))
         except OSError:
             return False  # load_image reports it
 
@@ -471,10 +482,10 @@ class _Batch:
                 cost_per_second=self.settings.cost_per_second,
             ),
         )
-        self._store(captioned, prepared.key)
+        self._store(captioned, prepared.keys)
         return captioned
 
-    def _store(self, captioned: Captioned, key: str) -> None:
+    def _store(self, captioned: Captioned, keys: tuple[str, ...]) -> None:
         """Write the outputs durably, then (and only then) journal the image as done."""
         if self.run.sidecars and captioned.image.sidecar is not None:
             _write_atomic(captioned.image.sidecar, captioned.result.text)
@@ -483,7 +494,7 @@ class _Batch:
         if self.journal is not None:
             self.journal.append(
                 {
-                    "key": key,
+                    "keys": list(keys),
                     "image": captioned.image.name,
                     "sha256": captioned.sha256,
                     "model": captioned.result.model,

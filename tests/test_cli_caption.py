@@ -1,0 +1,268 @@
+"""`edgecap caption`, run in-process with a fake engine: exact output, exit codes, errors."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+from test_batch import FakeEngine, write_png
+
+from edgecap.cli import caption as caption_cmd
+from edgecap.cli import main
+from edgecap.config import DEFAULT_PROMPT, Settings, load_settings
+from edgecap.records import ModelFiles, Sampling
+from edgecap.registry import Registry
+
+NOTICE = (
+    "using the demo model edgecap-tiny-random: its weights are random, captions are noise; "
+    "get the real model with: edgecap models pull qwen2.5-vl-7b-instruct\n"
+)
+
+
+def register(home: Path, name: str) -> None:
+    """Install a model by path: two placeholder files (the fake engine never reads them)."""
+    files = home / "registered" / name
+    files.mkdir(parents=True)
+    (files / "text.gguf").write_bytes(b"text")
+    (files / "mmproj.gguf").write_bytes(b"mmproj")
+    Registry(load_settings()).register_local(name, files / "text.gguf", files / "mmproj.gguf")
+
+
+@pytest.fixture
+def engines(monkeypatch: pytest.MonkeyPatch) -> list[FakeEngine]:
+    """Every engine the command opens, in order; each one a FakeEngine."""
+    opened: list[FakeEngine] = []
+
+    def open_fake(model: ModelFiles, settings: Settings) -> FakeEngine:
+        opened.append(FakeEngine(model_id=model.id))
+        return opened[-1]
+
+    monkeypatch.setattr(caption_cmd, "open_engine", open_fake)
+    return opened
+
+
+@pytest.fixture
+def mine(edgecap_home: Path) -> None:
+    register(edgecap_home, "mine")
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    write_png(tmp_path / "photos" / "a.png", (56, 56))
+    write_png(tmp_path / "photos" / "b.png", (84, 56))
+    write_png(tmp_path / "photos" / "sub" / "c.png", (56, 84))
+    return tmp_path / "photos"
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(["caption", *argv])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return code, out, err
+
+
+@pytest.mark.usefixtures("mine")
+def test_one_image_streams_text(
+    folder: Path, engines: list[FakeEngine], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(capsys, str(folder / "a.png")) == (0, "a 56x56 image\n", "")
+    [engine] = engines
+    assert engine.model_id == "mine" and engine.closed
+    [request] = engine.requests
+    assert (request.prompt, request.system_prompt, request.json_schema) == (
+        DEFAULT_PROMPT,
+        None,
+        None,
+    )
+    assert request.sampling == Sampling(max_tokens=256)
+
+
+@pytest.mark.usefixtures("mine", "engines")
+def test_json_output_is_exactly_the_api_item(
+    folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, str(folder / "a.png"), "--output", "json")
+    assert (code, err) == (0, "")
+    item = json.loads(out)
+    assert list(item) == ["taskType", "taskUUID", "status", "text"]
+    assert uuid.UUID(item["taskUUID"]).version == 4
+    assert item == {
+        "taskType": "imageCaption",
+        "taskUUID": item["taskUUID"],
+        "status": "success",
+        "text": "a 56x56 image",
+    }
+    assert out == json.dumps(item) + "\n"
+
+
+@pytest.mark.usefixtures("mine", "engines")
+def test_include_cost_is_compute_seconds_times_the_rate(
+    folder: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EDGECAP_COST_PER_SECOND", "0.001")
+    code, out, _ = run(capsys, str(folder / "a.png"), "--output", "json", "--include-cost")
+    item = json.loads(out)
+    assert (code, list(item), item["cost"]) == (
+        0,
+        ["taskType", "taskUUID", "status", "text", "cost"],
+        0.002,  # the fake engine reports 2 s of compute
+    )
+
+
+@pytest.mark.usefixtures("mine")
+def test_flags_reach_the_request(
+    folder: Path, tmp_path: Path, engines: list[FakeEngine], capsys: pytest.CaptureFixture[str]
+) -> None:
+    schema = tmp_path / "schema.json"
+    schema.write_text('{"type": "object", "properties": {"tags": {"type": "array"}}}')
+    argv = [str(folder / "b.png"), "--prompt", "Tags?", "--system", "Be terse."]
+    argv += ["--json-schema", str(schema), "--max-tokens", "9", "--temperature", "0.5"]
+    argv += ["--top-p", "0.9", "--top-k", "40", "--seed", "7", "--max-pixels", "784"]
+    assert run(capsys, *argv)[0] == 0
+    [request] = engines[0].requests
+    assert (request.prompt, request.system_prompt) == ("Tags?", "Be terse.")
+    assert request.json_schema == {"type": "object", "properties": {"tags": {"type": "array"}}}
+    assert request.sampling == Sampling(temperature=0.5, top_p=0.9, top_k=40, seed=7, max_tokens=9)
+    assert request.image is not None
+    assert (request.image.width, request.image.height) == (28, 28)
+
+    assert run(capsys, str(folder / "b.png"), "--json")[0] == 0
+    assert engines[1].requests[0].json_schema == {}
+
+
+@pytest.mark.usefixtures("mine", "engines")
+def test_several_images_as_text_and_jsonl(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, str(folder))
+    assert (code, err) == (0, "3 captioned, 0 failed, 0 skipped\n")
+    assert out == (
+        f"==> {folder / 'a.png'} <==\na 56x56 image\n"
+        f"==> {folder / 'b.png'} <==\na 84x56 image\n"
+        f"==> {folder / 'sub' / 'c.png'} <==\na 56x84 image\n"
+    )
+    code, out, _ = run(capsys, str(folder / "*.png"), "--output", "jsonl")
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [(x["image"], x["text"]) for x in lines] == [
+        (str(folder / "a.png"), "a 56x56 image"),
+        (str(folder / "b.png"), "a 84x56 image"),
+    ]
+    assert list(lines[0]) == ["image", "taskType", "taskUUID", "status", "text"]
+
+
+@pytest.mark.usefixtures("mine", "engines")
+def test_folder_to_files_prints_only_the_summary(
+    folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out_file = tmp_path / "captions.jsonl"
+    code, out, err = run(capsys, str(folder), "--out", str(out_file), "--sidecar")
+    assert (code, out, err) == (0, "", "3 captioned, 0 failed, 0 skipped\n")
+    assert (folder / "b.txt").read_text() == "a 84x56 image"
+    assert len(out_file.read_text().splitlines()) == 3
+
+    code, out, err = run(capsys, str(folder), "--out", str(out_file), "--resume")
+    assert (code, out, err) == (0, "", "0 captioned, 0 failed, 3 skipped\n")
+
+
+@pytest.mark.usefixtures("mine", "engines")
+def test_a_bad_file_is_reported_and_the_exit_code_says_so(
+    folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    code, out, err = run(capsys, str(folder), "--output", "json")
+    assert code == 1
+    assert [json.loads(line)["text"] for line in out.splitlines()] == [
+        "a 56x56 image",
+        "a 84x56 image",
+        "a 56x84 image",
+    ]
+    first, summary = err.splitlines()
+    assert first.startswith(f"{folder / 'broken.jpg'}: ")
+    assert "not a jpeg" not in first and len(first) > len(str(folder / "broken.jpg")) + 10
+    assert summary == "3 captioned, 1 failed, 0 skipped"
+
+
+@pytest.mark.usefixtures("engines")
+def test_the_demo_model_says_its_captions_are_noise(
+    edgecap_home: Path, folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    register(edgecap_home, "edgecap-tiny-random")
+    assert run(capsys, str(folder / "a.png")) == (0, "a 56x56 image\n", NOTICE)
+
+
+@pytest.mark.usefixtures("engines")
+def test_without_any_model_the_error_says_how_to_get_one(
+    folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, str(folder / "a.png"))
+    assert (code, out) == (2, "")
+    assert err == (
+        "edgecap: error: no model is installed: run `edgecap models pull "
+        "qwen2.5-vl-7b-instruct` (about 6 GB), `edgecap models import PATH` with a pack, or "
+        "`make demo` for the tiny test model\n"
+    )
+
+
+@pytest.mark.usefixtures("mine")
+def test_a_typo_fails_before_the_model_loads(
+    tmp_path: Path, engines: list[FakeEngine], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, str(tmp_path / "nope.jpg"))
+    assert (code, out, engines) == (2, "", [])
+    assert err == (
+        f"edgecap: error: No such file or directory: '{tmp_path / 'nope.jpg'}'. Check the path.\n"
+    )
+
+
+@pytest.mark.usefixtures("mine")
+def test_resume_without_files_is_refused(
+    folder: Path, engines: list[FakeEngine], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, str(folder), "--resume")
+    assert (code, engines) == (2, [])
+    assert err == (
+        "edgecap: error: --resume needs results written to files (--out FILE or --sidecar): "
+        "results printed to the terminal cannot be resumed.\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--temperature", "-1"],
+            "argument --temperature: -1 is out of range: use from 0.0 to 2.0",
+        ),
+        (["--max-tokens", "lots"], "argument --max-tokens: 'lots' is not a whole number"),
+        (["--max-pixels", "100"], "argument --max-pixels: 100 is out of range: use 784 or more"),
+        (["--output", "xml"], "argument --output: invalid choice: 'xml'"),
+        (["--json", "--json-schema", "s.json"], "argument --json-schema: not allowed with"),
+        (["--json-schema", "missing.json"], "argument --json-schema: cannot read missing.json"),
+    ],
+)
+def test_bad_flags_fail_as_they_are_parsed(
+    argv: list[str],
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.json").write_text("{}")
+    with pytest.raises(SystemExit) as caught:
+        main(["caption", "x.png", *argv])
+    assert caught.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_schema_file_must_hold_an_object(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    schema = tmp_path / "s.json"
+    schema.write_text("[1, 2]")
+    with pytest.raises(SystemExit):
+        main(["caption", "x.png", "--json-schema", str(schema)])
+    err = capsys.readouterr().err
+    assert err.endswith(
+        f"argument --json-schema: {schema} must hold a JSON object (a JSON schema)\n"
+    )
