@@ -448,12 +448,10 @@ def linear(prefix: str, rows: int, cols: int, *, bias: bool) -> list[TensorSpec]
 
 
 def text_specs(p: Preset) -> list[TensorSpec]:
-    hidden, q_width, kv_width = (
-        p.text_hidden,
-        p.text_heads * p.head_dim,
-        p.text_kv_heads * p.head_dim,
-    )
-    specs = [TensorSpec("model.embed_tokens.weight", (p.vocab_size, hidden), 0.0, 1.0, VOCAB_END)]
+    hidden = p.text_hidden
+    q_width, kv_width = p.text_heads * p.head_dim, p.text_kv_heads * p.head_dim
+    vocab = (p.vocab_size, hidden)
+    specs = [TensorSpec("model.embed_tokens.weight", vocab, 0.0, 1.0, VOCAB_END)]
     for i in range(p.text_layers):
         layer = f"model.layers.{i}"
         specs += [
@@ -467,22 +465,18 @@ def text_specs(p: Preset) -> list[TensorSpec]:
             *linear(f"{layer}.mlp.up_proj", p.text_ffn, hidden, bias=False),
             *linear(f"{layer}.mlp.down_proj", hidden, p.text_ffn, bias=False),
         ]
-    lm_head = TensorSpec("lm_head.weight", (p.vocab_size, hidden), 0.0, 1 / math.sqrt(hidden))
     return [
         *specs,
         norm("model.norm.weight", hidden),
-        dataclasses.replace(lm_head, zero_rows_from=VOCAB_END),
+        TensorSpec("lm_head.weight", vocab, 0.0, 1 / math.sqrt(hidden), VOCAB_END),
     ]
 
 
 def vision_specs(p: Preset) -> list[TensorSpec]:
     width, merged = p.vision_hidden, p.vision_hidden * 4  # the merger joins 2x2 patches
-    patch_shape = (width, 3, 2, 14, 14)  # Conv3d: channels, time, height, width
-    specs = [
-        TensorSpec(
-            "visual.patch_embed.proj.weight", patch_shape, 0.0, 1 / math.sqrt(3 * 2 * 14 * 14)
-        )
-    ]
+    patch = (3, 2, 14, 14)  # the Conv3d kernel: channels, time, height, width
+    patch_std = 1 / math.sqrt(math.prod(patch))
+    specs = [TensorSpec("visual.patch_embed.proj.weight", (width, *patch), 0.0, patch_std)]
     for i in range(p.vision_blocks):
         block = f"visual.blocks.{i}"
         specs += [
