@@ -24,9 +24,9 @@ OutputFormat = Literal["text", "json", "jsonl"]
 OUTPUT_FORMATS: tuple[OutputFormat, ...] = ("text", "json", "jsonl")
 
 
-def to_json(data: Any) -> str:
-    """One compact line of JSON, non-ASCII kept as is."""
-    return json.dumps(data, ensure_ascii=False)
+def to_json(data: Any, *, indent: int | None = None) -> str:
+    """JSON with non-ASCII kept as is: one compact line, or indented for people."""
+    return json.dumps(data, ensure_ascii=False, indent=indent)
 
 
 def say(message: str) -> None:

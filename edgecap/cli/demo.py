@@ -1,0 +1,167 @@
+"""``edgecap demo`` (``make demo``): caption the bundled sample image, on any fresh machine.
+
+With a real model installed, the demo uses it. Otherwise it builds the tiny demo model
+(:data:`DEMO_MODEL`: the ``tiny`` Qwen2.5-VL checkpoint of ``tools/make_tiny_model.py`` with
+seeded random weights, converted by ``tools/convert.py``), registers it, and captions with
+that — proving the whole path runs, with a caption that is noise, as it says on stderr. The
+built model is kept under ``$EDGECAP_HOME/demo/``, so a second run starts at once.
+
+The builders live in the source tree's ``tools/`` package, which is not installed: the demo
+imports them from the checkout that edgecap runs from (``make demo`` installs edgecap
+editable from it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import sys
+import tempfile
+import time
+from importlib import resources
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import edgecap
+from edgecap.batch import Captioned, CaptionOptions, Failed, ImageItem, Outcome, caption_many
+from edgecap.cli import caption
+from edgecap.cli.render import say, to_json
+from edgecap.config import Settings, load_settings
+from edgecap.errors import EdgecapError, ModelError, ModelNotReady
+from edgecap.records import ModelFiles, Sampling
+from edgecap.registry import Registry
+
+DEMO_MODEL = "edgecap-tiny-random"  # its catalog entry: edgecap/data/manifest.json
+DEMO_SEED = 0
+DEMO_OUTTYPE = "f32"  # the tiny model is a few MB: keep the weights exactly as generated
+NOISE_MAX_TOKENS = 32  # random weights caption noise: a line of it is enough to show it runs
+TOOLS_DIR = Path(edgecap.__file__).resolve().parent.parent / "tools"
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="caption the bundled sample image (builds a tiny demo model if none is installed)",
+        description=(
+            "Caption edgecap's sample image and print the API's JSON response. Without a real "
+            f"model installed, build and use {DEMO_MODEL}, whose weights are random."
+        ),
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    registry = Registry(settings)
+    model = real_model(registry) or ensure_demo_model(registry, settings)
+    started = time.perf_counter()
+    outcome = caption_sample(model, settings)
+    elapsed = time.perf_counter() - started
+    print(to_json({"data": [outcome.api_item]}, indent=2))
+    if model.random_weights:
+        say(
+            f"That caption is noise: {model.id} has random weights; it only shows that "
+            f"everything runs ({elapsed:.1f} s). For real captions install the real model: "
+            f"`edgecap models pull {registry.catalog.default}` (about 6 GB), or on an offline "
+            "machine `edgecap models import PATH` with a pack made by `edgecap models export`."
+        )
+    else:
+        say(f"captioned with {model.id} in {elapsed:.1f} s")
+    return 0
+
+
+def real_model(registry: Registry) -> ModelFiles | None:
+    """The default model if it has real weights; None when only random ones are installed."""
+    try:
+        model = registry.resolve(None)
+    except ModelNotReady:
+        return None  # nothing installed yet
+    return None if model.random_weights else model
+
+
+def ensure_demo_model(registry: Registry, settings: Settings) -> ModelFiles:
+    """The demo model's files: installed ones, else built (or rebuilt) and registered."""
+    try:
+        return registry.resolve(DEMO_MODEL)
+    except (ModelNotReady, ModelError):
+        pass  # not built yet, or its files went missing
+    text, mmproj = build_demo_files(settings.home / "demo" / DEMO_MODEL)
+    registry.register_local(DEMO_MODEL, text, mmproj, random_weights=True)
+    return registry.resolve(DEMO_MODEL)
+
+
+def build_demo_files(dest: Path) -> tuple[Path, Path]:
+    """The demo model's two GGUF files in ``dest``, built unless already there.
+
+    Built in a temporary directory beside ``dest`` and renamed into it: files in ``dest`` are
+    always complete.
+    """
+    text, mmproj = dest / f"{DEMO_MODEL}.gguf", dest / f"mmproj-{DEMO_MODEL}.gguf"
+    if text.is_file() and mmproj.is_file():
+        return text, mmproj
+    make_checkpoint = import_tool("make_tiny_model").make_checkpoint
+    convert = import_tool("convert").convert
+    say(f"building the demo model {DEMO_MODEL} (random weights, a few MB; once) ...")
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{DEMO_MODEL}-") as tmp:
+        checkpoint = make_checkpoint(Path(tmp) / "hf", "tiny", seed=DEMO_SEED)
+        built_text, built_mmproj = convert(
+            checkpoint, Path(tmp) / "gguf", outtype=DEMO_OUTTYPE, name=DEMO_MODEL
+        )
+        os.replace(built_mmproj, mmproj)
+        os.replace(built_text, text)  # last: its presence says both are complete
+    return text, mmproj
+
+
+def import_tool(name: str) -> ModuleType:
+    """``tools.<name>`` from the source tree edgecap runs from (tools/ is not installed)."""
+    if not (TOOLS_DIR / f"{name}.py").is_file():
+        raise ModelNotReady(
+            f"Building the demo model needs tools/{name}.py from edgecap's source tree, and "
+            f"this installation has none (looked in {TOOLS_DIR}). Run `make demo` in a "
+            "checkout of edgecap, or install the real model: `edgecap models pull "
+            "qwen2.5-vl-7b-instruct`."
+        )
+    loaded = sys.modules.get("tools")
+    if loaded is None:
+        spec = importlib.util.spec_from_file_location(
+            "tools", TOOLS_DIR / "__init__.py", submodule_search_locations=[str(TOOLS_DIR)]
+        )
+        assert spec is not None and spec.loader is not None
+        loaded = importlib.util.module_from_spec(spec)
+        sys.modules["tools"] = loaded
+        spec.loader.exec_module(loaded)
+    if TOOLS_DIR not in {Path(p).resolve() for p in getattr(loaded, "__path__", [])}:
+        raise ModelNotReady(
+            f"Another module named 'tools' ({loaded!r}) hides edgecap's {TOOLS_DIR}: "
+            "run the demo from a virtual environment without it."
+        )
+    return importlib.import_module(f"tools.{name}")
+
+
+def caption_sample(
+    model: ModelFiles, settings: Settings, *, max_tokens: int | None = None
+) -> Captioned:
+    """Caption the bundled sample image with ``model``; raise the error if that fails.
+
+    ``max_tokens`` defaults to the settings', or a short line for a model of random weights.
+    """
+    if max_tokens is None:
+        max_tokens = NOISE_MAX_TOKENS if model.random_weights else settings.max_tokens
+    options = CaptionOptions(settings.default_prompt, sampling=Sampling(max_tokens=max_tokens))
+    outcomes: list[Outcome] = []
+    engine = caption.open_engine(model, settings)
+    try:
+        with resources.as_file(resources.files(edgecap) / "data" / "sample.jpg") as sample:
+            caption_many([ImageItem(sample)], engine, settings, options, on_outcome=outcomes.append)
+    finally:
+        engine.close()
+    [outcome] = outcomes
+    if isinstance(outcome, Failed):
+        raise outcome.error
+    if not isinstance(outcome, Captioned):  # pragma: no cover - nothing skips without outputs
+        raise EdgecapError(f"the sample image was not captioned: {outcome}")
+    return outcome
