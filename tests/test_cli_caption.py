@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
+import re
+import sys
 import uuid
 from pathlib import Path
 
@@ -266,3 +271,38 @@ def test_a_schema_file_must_hold_an_object(
     assert err.endswith(
         f"argument --json-schema: {schema} must hold a JSON object (a JSON schema)\n"
     )
+
+
+# ---------------------------------------------------------------------------- docs/cli.md
+
+CLI_DOCS = Path(__file__).parent.parent / "docs" / "cli.md"
+HELP_BLOCK = re.compile(r"(<!-- help: (\w+) -->\n).*?(<!-- end help -->)", re.DOTALL)
+
+
+def help_text(command: str) -> str:
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer), contextlib.suppress(SystemExit):
+        main([command, "--help"])
+    return buffer.getvalue()
+
+
+def with_current_help(docs: str) -> str:
+    def block(match: re.Match[str]) -> str:
+        return f"{match[1]}```text\n{help_text(match[2])}```\n{match[3]}"
+
+    return HELP_BLOCK.sub(block, docs)
+
+
+def test_the_reference_in_the_docs_is_the_current_help(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "100")
+    docs = CLI_DOCS.read_text(encoding="utf-8")
+    assert HELP_BLOCK.search(docs)
+    assert docs == with_current_help(docs), (
+        "docs/cli.md is out of date: PYTHONPATH=. .venv/bin/python tests/test_cli_caption.py "
+        "--update-docs"
+    )
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--update-docs"]:
+    os.environ["COLUMNS"] = "100"
+    CLI_DOCS.write_text(with_current_help(CLI_DOCS.read_text(encoding="utf-8")), encoding="utf-8")

@@ -26,7 +26,13 @@ from edgecap.batch import (
     find_images,
 )
 from edgecap.cli.render import OUTPUT_FORMATS, OutputFormat, Renderer, random_weights_notice, say
-from edgecap.config import PIXELS_PER_TOKEN, Settings, load_settings
+from edgecap.config import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MIN_PIXELS,
+    PIXELS_PER_TOKEN,
+    Settings,
+    load_settings,
+)
 from edgecap.records import ModelFiles, Sampling
 from edgecap.registry import Registry
 
@@ -66,7 +72,7 @@ def add_parser(subparsers: Any) -> None:
             "bar, and a bad image is reported and skipped (exit code 1)."
         ),
     )
-    parser.add_argument("images", nargs="+", metavar="IMAGE")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="what to caption")
 
     ask = parser.add_argument_group("what to ask")
     ask.add_argument("--prompt", help="the instruction (default: describe the image in detail)")
@@ -88,19 +94,43 @@ def add_parser(subparsers: Any) -> None:
 
     gen = parser.add_argument_group("model and sampling")
     gen.add_argument("--model", help="model name, alias or AIR id (default: the default model)")
-    gen.add_argument("--max-tokens", type=bounded(int, 1, 8192), metavar="N")
-    gen.add_argument("--temperature", type=bounded(float, 0.0, 2.0), default=0.0, metavar="T")
-    gen.add_argument("--top-p", type=bounded(float, 0.0, 1.0), default=1.0, metavar="P")
-    gen.add_argument("--top-k", type=bounded(int, 0, 1000), default=0, metavar="K")
-    gen.add_argument("--seed", type=bounded(int, 0, 2**32 - 1), default=0)
+    gen.add_argument(
+        "--max-tokens",
+        type=bounded(int, 1, 8192),
+        metavar="N",
+        help="longest answer, in tokens (default 256, EDGECAP_MAX_TOKENS)",
+    )
+    gen.add_argument(
+        "--temperature",
+        type=bounded(float, 0.0, 2.0),
+        default=0.0,
+        metavar="T",
+        help="0 picks the likeliest token every time (default)",
+    )
+    gen.add_argument(
+        "--top-p", type=bounded(float, 0.0, 1.0), default=1.0, metavar="P", help="default 1 (off)"
+    )
+    gen.add_argument(
+        "--top-k", type=bounded(int, 0, 1000), default=0, metavar="K", help="default 0 (off)"
+    )
+    gen.add_argument(
+        "--seed", type=bounded(int, 0, 2**32 - 1), default=0, help="sampling seed (default 0)"
+    )
     gen.add_argument(
         "--max-pixels",
         type=bounded(int, PIXELS_PER_TOKEN, None),
         metavar="N",
-        help="image budget: resize images above N pixels (default 1024 tokens = 802816)",
+        help=f"image budget: shrink images above N pixels (default {DEFAULT_MAX_PIXELS})",
     )
-    gen.add_argument("--min-pixels", type=bounded(int, PIXELS_PER_TOKEN, None), metavar="N")
-    gen.add_argument("--threads", type=bounded(int, 1, 1024), metavar="N")
+    gen.add_argument(
+        "--min-pixels",
+        type=bounded(int, PIXELS_PER_TOKEN, None),
+        metavar="N",
+        help=f"enlarge images below N pixels (default {DEFAULT_MIN_PIXELS})",
+    )
+    gen.add_argument(
+        "--threads", type=bounded(int, 1, 1024), metavar="N", help="default: physical cores"
+    )
     gen.add_argument("--offline", action="store_true", help="refuse all network access")
 
     out = parser.add_argument_group("output")
