@@ -28,6 +28,7 @@ import re
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -294,11 +295,12 @@ def caption_many(
     batch = _Batch(engine, settings, options, run or RunOptions(), items)
     summary = Summary()
     try:
-        for prepared in _one_ahead(items, batch.prepare):
-            outcome = batch.caption(prepared, on_piece)
-            summary.add(outcome)
-            if on_outcome is not None:
-                on_outcome(outcome)
+        with closing(_one_ahead(items, batch.prepare)) as prepared_items:
+            for prepared in prepared_items:
+                outcome = batch.caption(prepared, on_piece)
+                summary.add(outcome)
+                if on_outcome is not None:
+                    on_outcome(outcome)
     finally:
         batch.close()
     return summary
