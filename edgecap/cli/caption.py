@@ -200,7 +200,24 @@ def run(args: argparse.Namespace) -> int:
         include_cost=args.include_cost,
     )
     items = find_images(args.images)
-    options = CaptionOptions(
+    options = caption_options(args, settings)
+    output: OutputFormat | None = args.output or (None if run_options.writes_files else "text")
+    renderer = Renderer(output, stream=len(items) == 1)
+
+    model = resolve_model(settings, args.model)
+    engine = open_engine(model, settings)
+    try:
+        summary = _caption_with_progress(items, engine, settings, options, run_options, renderer)
+    finally:
+        engine.close()
+    if len(items) > 1 or summary.failed or summary.skipped:
+        print(summary.line(), file=sys.stderr)
+    return summary.exit_code
+
+
+def caption_options(args: argparse.Namespace, settings: Settings) -> CaptionOptions:
+    """What the flags ask of every image, with the settings' defaults filled in."""
+    return CaptionOptions(
         prompt=args.prompt or settings.default_prompt,
         system_prompt=args.system,
         sampling=Sampling(
@@ -214,18 +231,6 @@ def run(args: argparse.Namespace) -> int:
         min_pixels=args.min_pixels,
         max_pixels=args.max_pixels,
     )
-    output: OutputFormat | None = args.output or (None if run_options.writes_files else "text")
-    renderer = Renderer(output, stream=len(items) == 1)
-
-    model = resolve_model(settings, args.model)
-    engine = open_engine(model, settings)
-    try:
-        summary = _caption_with_progress(items, engine, settings, options, run_options, renderer)
-    finally:
-        engine.close()
-    if len(items) > 1 or summary.failed or summary.skipped:
-        print(summary.line(), file=sys.stderr)
-    return summary.exit_code
 
 
 def _caption_with_progress(
