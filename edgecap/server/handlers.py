@@ -22,7 +22,14 @@ from edgecap.registry import Registry
 from edgecap.server.auth import ApiKeys
 from edgecap.server.envelope import Reply
 from edgecap.server.errors import TimeoutProvider, UnsupportedTaskType, unexpected_error
-from edgecap.server.jobs import JobInputs, fingerprint, image_count, job_uuids, make_jobs
+from edgecap.server.jobs import (
+    JobInputs,
+    fingerprint,
+    image_count,
+    job_uuids,
+    make_jobs,
+    storable_task,
+)
 from edgecap.server.metrics import Metrics
 from edgecap.server.schema import (
     CaptionTask,
@@ -120,7 +127,9 @@ async def caption(raw: dict[str, Any], ctx: Context, caller: Caller) -> Reply:
     """Queue one job per image; answer at once (async) or once finished (sync)."""
     task = parse_task(CaptionTask, raw)
     uuids = job_uuids(task.task_uuid, len(task.image_sources()))
-    records = await run_in_threadpool(_resent_records, ctx.service, uuids, fingerprint(raw))
+    records = await run_in_threadpool(
+        _resent_records, ctx.service, uuids, fingerprint(storable_task(raw))
+    )
     if records is None:
         jobs = await run_in_threadpool(make_jobs, task, raw, ctx.job_inputs)
         for job in jobs:

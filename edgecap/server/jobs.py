@@ -20,8 +20,10 @@ from edgecap.errors import DownloadFailed, EdgecapError, InvalidParameter
 from edgecap.records import CaptionRequest, LoadedImage, Sampling
 from edgecap.registry import Registry
 from edgecap.server.schema import CaptionTask
-from edgecap.server.uploads import UploadStore, is_media_uuid, wire_source
+from edgecap.server.uploads import UploadStore, is_media_uuid, is_url, wire_image
 from edgecap.service import CaptionJob
+
+INLINE_KEPT_CHARS = 256
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,30 @@ class JobInputs:
     settings: Settings
     registry: Registry
     uploads: UploadStore
+
+
+def storable_task(raw: dict[str, Any]) -> dict[str, Any]:
+    """The task as it is stored and fingerprinted: inline images (data URIs, base64) longer
+    than :data:`INLINE_KEPT_CHARS` become a placeholder naming their length and sha256.
+
+    The pixels are stored anyway; this keeps megabytes of base64 out of the task table and
+    out of getTaskDetails answers, while a changed image still changes the fingerprint.
+    """
+    out = dict(raw)
+    if isinstance(out.get("inputs"), dict) and "image" in out["inputs"]:
+        out["inputs"] = {**out["inputs"], "image": _placeholder(out["inputs"]["image"])}
+    if "inputImage" in out:
+        out["inputImage"] = _placeholder(out["inputImage"])
+    if isinstance(out.get("inputImages"), list):
+        out["inputImages"] = [_placeholder(image) for image in out["inputImages"]]
+    return out
+
+
+def _placeholder(image: Any) -> Any:
+    if not isinstance(image, str) or len(image) <= INLINE_KEPT_CHARS or is_url(image):
+        return image
+    digest = hashlib.sha256(image.encode()).hexdigest()
+    return f"<inline image: {len(image)} characters, sha256 {digest}>"
 
 
 def fingerprint(task: dict[str, Any]) -> str:
@@ -54,8 +80,7 @@ def image_count(original_task: dict[str, Any]) -> int:
 def make_jobs(task: CaptionTask, raw: dict[str, Any], inputs: JobInputs) -> list[CaptionJob]:
     """Check the model and delivery URLs, load the images, and build one job per image."""
     settings = inputs.settings
-    model_files = inputs.registry.resolve(task.model)
-    model = model_files.id if task.model is not None else None
+    model = resolve_model(inputs.registry, task.model)
     for url, purpose in (
         (task.webhook_url, "webhookURL"),
         (task.upload_endpoint, "uploadEndpoint"),
@@ -74,7 +99,8 @@ def make_jobs(task: CaptionTask, raw: dict[str, Any], inputs: JobInputs) -> list
     json_schema = task.json_schema
     if json_schema is None and task.response_format == "json":
         json_schema = {}
-    task_fingerprint = fingerprint(raw)
+    stored = storable_task(raw)
+    task_fingerprint = fingerprint(stored)
     return [
         CaptionJob(
             task_uuid=job_uuid,
@@ -91,10 +117,26 @@ def make_jobs(task: CaptionTask, raw: dict[str, Any], inputs: JobInputs) -> list
             upload_endpoint=task.upload_endpoint,
             ttl_s=task.ttl,
             fingerprint=task_fingerprint,
-            original_task=raw,
+            original_task=stored,
         )
         for job_uuid, image in zip(job_uuids(task.task_uuid, len(loaded)), loaded, strict=True)
     ]
+
+
+def resolve_model(registry: Registry, name: str | None) -> str | None:
+    """The model id a task names, or None for the server's default model.
+
+    Raises UnknownModel, ModelNotReady or ModelError now, rather than in the worker. A name
+    that means the default model becomes None, so the worker does not reload it under a
+    second name.
+    """
+    model_id = registry.resolve(name).id
+    if name is None:
+        return None
+    try:
+        return None if registry.resolve(None).id == model_id else model_id
+    except EdgecapError:  # the default is broken or missing; this model is fine
+        return model_id
 
 
 def image_parameters(task: CaptionTask) -> list[str]:
@@ -114,7 +156,7 @@ def load_task_image(
         readable: str | bytes = (
             inputs.uploads.read(source, parameter=parameter)
             if is_media_uuid(source)
-            else wire_source(source)
+            else wire_image(source, inputs.settings)
         )
         return images.load_image(
             readable, inputs.settings, min_pixels=task.min_pixels, max_pixels=task.max_pixels

@@ -33,6 +33,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StringConstraints,
     ValidationError,
     model_validator,
 )
@@ -75,7 +76,9 @@ def _join_prompt(value: Any) -> Any:
 
 TaskUUID = Annotated[str, AfterValidator(_check_uuid_v4)]
 Prompt = Annotated[
-    str, BeforeValidator(_join_prompt), Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    str,
+    StringConstraints(min_length=1, max_length=MAX_PROMPT_CHARS),
+    BeforeValidator(_join_prompt),
 ]
 ImageSource = Annotated[str, Field(min_length=1)]
 WebURL = Annotated[str, Field(min_length=1, max_length=MAX_URL_CHARS)]
@@ -238,6 +241,7 @@ TASK_MODELS: tuple[type[_Task], ...] = (
 CUSTOM_CODES = frozenset(
     {"invalidTaskUUID", "invalidPrompt", "missingInputImage", "invalidParameter"}
 )
+IMAGE_FIELDS = frozenset({"inputs.image", "image"})
 # The error code for a malformed field, when it is not invalidParameter.
 FIELD_CODES = {
     "taskUUID": "invalidTaskUUID",
@@ -273,7 +277,7 @@ LENGTH_PHRASES = {
     "string_too_long": ("max_length", "at most {} characters long"),
     "too_short": ("min_length", "an array of at least {} items"),
     "too_long": ("max_length", "an array of at most {} items"),
-}
+}  # too_short/too_long: lists (strings get the string_ kinds)
 
 
 def parse_task(model: type[_Task], raw: dict[str, Any]) -> Any:
@@ -301,7 +305,10 @@ def contract_error(model: type[_Task], raw: dict[str, Any], error: ErrorDetails)
         )
     if kind in CUSTOM_CODES:
         return EdgecapError(error["msg"], code=kind, status=400, parameter=parameter)
-    code = FIELD_CODES.get(parameter or "", "invalidParameter")
+    if kind == "missing" and parameter in IMAGE_FIELDS:
+        code = "missingInputImage"
+    else:
+        code = FIELD_CODES.get(parameter or "", "invalidParameter")
     message, extra = _describe(model, parameter or "the task", error)
     return EdgecapError(
         message, code=code, status=status_of({"code": code}), parameter=parameter, **extra
@@ -367,8 +374,11 @@ def _allowed_values(model: type[_Task], parameter: str) -> list[Any]:
 def _bounds(model: type[_Task], parameter: str) -> dict[str, Any]:
     """``min``/``max`` of a numeric field, or of a length, as declared."""
     info = _field(model, parameter)
+    if info is None:
+        return {}
+    inner = _non_null(info.annotation)  # an Optional[Annotated[...]] keeps its bounds inside
     out: dict[str, Any] = {}
-    for meta in info.metadata if info is not None else ():
+    for meta in [*info.metadata, *getattr(inner, "__metadata__", ())]:
         for attr, key in (("ge", "min"), ("gt", "min"), ("min_length", "min")):
             if getattr(meta, attr, None) is not None:
                 out[key] = getattr(meta, attr)

@@ -9,6 +9,8 @@ for ``settings.upload_retention_days`` are deleted by :meth:`UploadStore.purge_u
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 import os
 import re
@@ -21,10 +23,12 @@ from PIL import Image
 
 from edgecap import images
 from edgecap.config import Settings
+from edgecap.errors import EdgecapError, InvalidInputImage
 from edgecap.server.errors import MediaNotFound
 
 MAX_SIDE = 2048
 JPEG_QUALITY = 95
+URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
 # Pillow format -> (file extension, Content-Type) of an upload stored as sent.
 FORMATS = {
@@ -46,15 +50,32 @@ def is_media_uuid(text: str) -> bool:
     return bool(UUID_TEXT.fullmatch(text))
 
 
-def wire_source(text: str) -> str:
-    """An image string from a client, in a form :func:`images.load_image` reads safely.
+def is_url(text: str) -> bool:
+    return bool(URL_SCHEME.match(text))
+
+
+def wire_image(text: str, settings: Settings) -> str | bytes:
+    """An image string from a client, as something :func:`images.load_image` reads safely.
 
     ``load_image`` also reads file paths and stdin, which a remote client must never reach:
-    URLs and data URIs pass through; anything else is plain base64, and goes in as a data URI.
+    URLs and data URIs pass through as text; anything else is plain base64, decoded here.
     """
-    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text) or text[:5].lower() == "data:":
+    if is_url(text) or text[:5].lower() == "data:":
         return text
-    return "data:;base64," + text
+    compact = "".join(text.split())
+    if len(compact) * 3 // 4 > settings.max_image_bytes:
+        raise InvalidInputImage(
+            f"The base64 image is larger than {settings.max_image_bytes:,} bytes "
+            "(max_image_bytes / EDGECAP_MAX_IMAGE_BYTES). Send a smaller image."
+        )
+    try:
+        return base64.b64decode(compact, validate=True)
+    except binascii.Error as exc:
+        raise InvalidInputImage(
+            f"The image is neither a URL, a data URI nor valid base64 ({exc}). Send the "
+            "image file's bytes in base64, a data:image/...;base64 URI, an http(s) URL, or "
+            "the UUID of an uploaded image."
+        ) from None
 
 
 class UploadStore:
@@ -70,8 +91,13 @@ class UploadStore:
 
         Raises InvalidInputImage (not an image, too large) or DownloadFailed (URL).
         """
-        encoded = images.read_source(wire_source(source), self.settings)
-        picture, source_format = images.decode_image(encoded, self.settings)
+        try:
+            readable = wire_image(source, self.settings)
+            encoded = images.read_source(readable, self.settings)
+            picture, source_format = images.decode_image(encoded, self.settings)
+        except EdgecapError as exc:
+            exc.parameter = exc.parameter or "image"
+            raise
         if max(picture.size) > MAX_SIDE or source_format not in FORMATS:
             picture.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
             buffer = io.BytesIO()
