@@ -11,6 +11,7 @@ import asyncio
 import base64
 import io
 import json
+import re
 import threading
 import time
 import uuid
@@ -232,3 +233,6 @@ def image_host(body: bytes, content_type: str = "image/png") -> Iterator[ImageHo
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+UUID_V4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
