@@ -38,6 +38,7 @@ TINY_ID = "edgecap-tiny-random"
 SEVEN_B_NAMES = ("runware:152@2", "alibaba-qwen2-5-vl-7b-instruct")
 START_TIMEOUT_S = 60.0
 READY_TIMEOUT_S = 120.0
+UUID_V4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 
 
 def api_settings(home: Path, **overrides: Any) -> Settings:
@@ -135,10 +136,11 @@ class LiveServer:
 @contextmanager
 def live_server(
     settings: Settings,
-    engine_factory: EngineFactory,
+    engine_factory: EngineFactory | None,
     registry: Registry,
     clock: Callable[[], float] = time.time,
 ) -> Iterator[LiveServer]:
+    """A started server; ``engine_factory`` None means the real engine (registry's model)."""
     service = TaskService(settings, engine_factory, clock=clock)
     server = LiveServer(settings, service, registry).start()
     try:
@@ -233,6 +235,3 @@ def image_host(body: bytes, content_type: str = "image/png") -> Iterator[ImageHo
         server.shutdown()
         server.server_close()
         thread.join()
-
-
-UUID_V4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")

@@ -61,13 +61,13 @@ import asyncio, json, sys
 from pathlib import Path
 from runware import Runware
 
-async def main(transport, url, image_file, key):
+async def main(transport, url, image_file, key, prompt):
     where = {"http_base_url": url} if transport == "rest" else {"ws_base_url": url}
     try:
         async with Runware(api_key=key, transport=transport, validate=False, **where) as client:
             results = await client.run({
                 "taskType": "caption", "model": "runware:152@2", "includeCost": True,
-                "inputs": {"image": Path(image_file).read_text()}, "prompt": "sleep:1.5",
+                "inputs": {"image": Path(image_file).read_text()}, "prompt": prompt,
             })
     except Exception as exc:
         results = {"error": type(exc).__name__, "code": getattr(exc, "code", None)}
@@ -157,7 +157,7 @@ def test_runware_sdk_18_captions_async_with_polling(
     url = server.url if transport == "rest" else server.ws_url
     polls_before = count_tasks(server, "getResponse")
     package = client_dir("runware-sdk", "1.8.0")
-    results = run_client(package, RUNWARE_SDK, transport, url, str(image_file), KEY)
+    results = run_client(package, RUNWARE_SDK, transport, url, str(image_file), KEY, "sleep:1.5")
     assert len(results) == 1
     assert results[0] | {"taskUUID": "-"} == {
         "taskType": "imageCaption",
@@ -177,6 +177,6 @@ def test_a_wrong_key_fails_the_sdk_with_an_auth_error(
     image_file.write_text(data_uri(png_bytes()))
     url = server.url if transport == "rest" else server.ws_url
     package = client_dir("runware-sdk", "1.8.0")
-    outcome = run_client(package, RUNWARE_SDK, transport, url, str(image_file), "wrong")
+    outcome = run_client(package, RUNWARE_SDK, transport, url, str(image_file), "wrong", "Hi.")
     # The SDK files invalidApiKey (REST) and a refused authentication (WebSocket) as "auth".
     assert outcome == {"error": "RunwareError", "code": "auth"}

@@ -101,7 +101,7 @@ async def run_task(raw: Any, ctx: Context, caller: Caller) -> Reply:
         reply = Reply.of_error(unexpected_error(exc), task_type=task_type, task_uuid=task_uuid)
     delivery = raw.get("deliveryMethod") if isinstance(raw, dict) else None
     ctx.metrics.observe_task(
-        task_type or "invalid",
+        task_type if task_type in HANDLERS else "unsupported",  # labels from a fixed set
         _outcome(reply),
         delivery if delivery in ("sync", "async") else "sync",
         time.perf_counter() - started,
@@ -143,7 +143,9 @@ async def caption(raw: dict[str, Any], ctx: Context, caller: Caller) -> Reply:
     return render_records(list(waited), task.task_uuid, timed_out_after=timeout)
 
 
-def _resent_records(service: TaskService, uuids: list[str], task_fingerprint: str) -> Any:
+def _resent_records(
+    service: TaskService, uuids: list[str], task_fingerprint: str
+) -> list[TaskRecord] | None:
     """The records of a task sent before with the same payload, or None if it is new.
 
     A used taskUUID with another payload raises TaskConflict. Checking first spares a resent
