@@ -414,9 +414,15 @@ def test_api_keys_by_bearer_header_or_authentication_task(keyed_server: LiveServ
     ok = post(keyed_server, [task], headers={"Authorization": "Bearer key-two"})
     assert (ok.status_code, ok.json()["data"][0]["text"]) == (200, "default saw Keyed.")
     auth = {"taskType": "authentication", "apiKey": "key-one"}
-    ok = post(keyed_server, [auth, task])
-    assert (ok.status_code, ok.json()["data"][0]) == (200, {"taskType": "authentication"})
-    assert ok.json()["data"][1]["text"] == "default saw Keyed."
+    ok = post(keyed_server, [auth, task])  # the reply is the tasks' only
+    assert (ok.status_code, [item["text"] for item in ok.json()["data"]]) == (
+        200,
+        ["default saw Keyed."],
+    )
+    alone = post(keyed_server, [auth])
+    assert (alone.status_code, alone.json()) == (200, {"data": [{"taskType": "authentication"}]})
+    failed = post(keyed_server, [auth, caption_task("bm90IGFuIGltYWdl")])
+    assert (failed.status_code, failed.json()["errors"][0]["code"]) == (400, "invalidInputImage")
 
 
 @pytest.mark.parametrize(

@@ -82,22 +82,22 @@ async def answer(request: Request, ctx: Context) -> Reply:
         tasks = await parse_body(body)
     except EdgecapError as exc:
         return Reply.of_error(exc, task_type=None, task_uuid=None)
-    reply, everything = Reply(), tasks
+    everything = tasks
     key = bearer_key(request.headers.get("authorization"))
     if isinstance(tasks[0], dict) and tasks[0].get("taskType") == "authentication":
         try:
             key = parse_task(AuthenticationTask, tasks[0]).api_key
         except EdgecapError as exc:
             return _refuse_all(tasks, exc)
-        reply.items.append(_authenticated_item(tasks[0]))
         tasks = tasks[1:]
     try:
         ctx.keys.check(key)
     except AuthError as exc:
         return _refuse_all(everything, exc)
+    if not tasks:  # only the authentication: say it worked
+        return Reply.of_item(_authenticated_item(everything[0]))
     caller = Caller(base_url=str(request.base_url).rstrip("/"), transport="rest")
-    reply.extend(await run_tasks(tasks, ctx, caller))
-    return reply
+    return await run_tasks(tasks, ctx, caller)
 
 
 def _refuse_all(tasks: list[Any], exc: EdgecapError) -> Reply:
