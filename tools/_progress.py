@@ -1,0 +1,62 @@
+"""Plumbing shared by tools/convert.py and tools/quantize.py: progress bars on stderr, and
+output files that appear whole or not at all."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from tqdm import tqdm
+
+from edgecap.errors import ConversionError
+
+PARTIAL_SUFFIX = ".partial"
+
+
+def progress_bar(total: int, desc: str, *, enabled: bool = True, unit: str = "B") -> tqdm:
+    """A tqdm bar on stderr (byte counts scaled to kB/MB/GB); a silent one when disabled."""
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        unit_scale=unit == "B",
+        disable=not enabled,
+        dynamic_ncols=True,
+        leave=False,
+    )
+
+
+def partial_path(path: Path) -> Path:
+    """Where ``path`` is written until it is complete."""
+    return path.with_name(path.name + PARTIAL_SUFFIX)
+
+
+def refuse_overwrite(paths: Sequence[Path], force: bool) -> None:
+    """Raise ConversionError if any of ``paths`` exists and ``force`` is off."""
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not force:
+        raise ConversionError(
+            f"{' and '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; "
+            "pass --force (force=True) to replace, or choose another output.",
+            parameter="outdir",
+        )
+
+
+@contextmanager
+def staged_outputs(paths: Sequence[Path], force: bool) -> Iterator[list[Path]]:
+    """Yield a ``<name>.partial`` path for each of ``paths``; rename them all into place when
+    the block succeeds, delete them when it fails or is interrupted (Ctrl-C included).
+
+    Refuses (ConversionError) before anything is written if a target exists and not ``force``.
+    """
+    refuse_overwrite(paths, force)
+    partials = [partial_path(p) for p in paths]
+    try:
+        yield partials
+        for partial, final in zip(partials, paths, strict=True):
+            os.replace(partial, final)
+    finally:
+        for partial in partials:
+            partial.unlink(missing_ok=True)
