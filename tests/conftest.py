@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tools.convert import convert
 from tools.make_tiny_model import make_checkpoint
 
 # -- isolation -------------------------------------------------------------------------------
@@ -27,3 +28,13 @@ def edgecap_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The ``tiny`` preset with seed 0, built once per session. Treat it as read-only."""
     return make_checkpoint(tmp_path_factory.mktemp("tiny") / "hf", "tiny", seed=0)
+
+
+# -- the tiny model as GGUF (tools/convert.py) -------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """``(text, mmproj)``: ``tiny_checkpoint`` converted to f32, so the weights are exactly the
+    checkpoint's. Built once per session; treat the files as read-only."""
+    return convert(tiny_checkpoint, tmp_path_factory.mktemp("tiny-gguf"), "f32", progress=False)
