@@ -7,6 +7,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,12 @@ from test_delivery import Receiver, wait_for
 from test_tasks import FakeClock, make_job
 from test_worker import ScriptedEngineFactory
 
+import edgecap
 from edgecap.config import Settings
 from edgecap.errors import NotFound, RateLimited
-from edgecap.records import CaptionResult
+from edgecap.images import load_image
+from edgecap.records import CaptionRequest, CaptionResult, ModelFiles, Sampling
+from edgecap.registry import Registry
 from edgecap.service import (
     MAX_ATTEMPTS,
     CaptionJob,
@@ -303,3 +307,32 @@ def test_stats_report_queue_statuses_latencies_and_tokens(
     assert stats["latency_seconds"]["encode"] == [1.0]
     assert {"load_image", "prefill", "generate", "queue", "run"} <= stats["latency_seconds"].keys()
     assert stats["worker"]["ready"] is True
+
+
+# ---------------------------------------------------------------------------- the real engine
+
+
+def test_the_real_tiny_model_captions_through_the_default_engine_factory(
+    tiny_model_files: ModelFiles, tmp_path: Path
+) -> None:
+    """Registry → Engine in the child process → result, cost and stats in the parent."""
+    settings = Settings(home=tmp_path / "home", cost_per_second=0.001, n_ctx=1024)
+    Registry(settings).register_local("tiny", tiny_model_files.text, tiny_model_files.mmproj)
+    sample = Path(edgecap.__file__).parent / "data" / "sample.jpg"
+    image = load_image(sample, settings, max_pixels=16 * 28 * 28)
+    request = CaptionRequest(image, "Describe the picture.", sampling=Sampling(max_tokens=8))
+    task = replace(job(model="tiny", include_cost=True), request=request)
+    service = TaskService(settings)
+    service.start()
+    try:
+        service.submit(task)
+        record = finished(service, task)
+        stats = service.stats()
+    finally:
+        service.stop()
+    assert record.status == "success", record.error
+    assert record.result is not None and isinstance(record.result["text"], str)
+    assert record.result["cost"] > 0
+    assert stats["tokens"]["image"] == image.tokens
+    assert 1 <= stats["tokens"]["generated"] <= 8
+    assert len(stats["latency_seconds"]["encode"]) == 1
