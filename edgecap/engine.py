@@ -51,6 +51,7 @@ from edgecap.sampling import LoopGuard, make_grammar, make_sampler
 
 N_SLOTS = 4  # sequences sharing the context (each keeps its own prefix cache)
 N_BATCH = 512
+_NO_CALLBACK = mtmd.mtmd_helper_post_decode_callback()  # a NULL function pointer
 
 
 @dataclass
@@ -248,7 +249,7 @@ class Engine:
                     finish = "stop"
                     break
                 tokens.append(token)
-                piece = decoder.decode(self._model.token_to_piece(token))
+                piece = decoder.decode(self._token_bytes(token))
                 pieces.append(piece)
                 if piece:
                     yield TokenPiece(piece)
@@ -283,6 +284,14 @@ class Engine:
             image_cache_hit=hits.get("image", False),
             prefix_cache_hit=hits.get("prefix", False),
         )
+
+    def _token_bytes(self, token: int) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+        if n < 0:  # buffer too small: -n is the size needed
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+        return buf.raw[:n]
 
     def _decode_one(self, batch: llama_cpp.llama_batch, token: int, pos: int, seq: int) -> None:
         batch.n_tokens = 1
@@ -414,12 +423,13 @@ class Engine:
         for i in range(first, n_chunks):
             chunk = mtmd.mtmd_input_chunks_get(prompt.chunks, i)
             last = i == n_chunks - 1
+            new_n_past.value = n_past  # the helpers add to it rather than overwrite it
             if i == prompt.image_index:
                 embd = self._image_embedding(chunk, prompt.image_key, timings, hits)
                 status = mtmd.mtmd_helper_decode_image_chunk(
                     self._mtmd, self._ctx.ctx, chunk,
                     embd.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
-                    n_past, slot.seq_id, N_BATCH, ctypes.byref(new_n_past), None, None,
+                    n_past, slot.seq_id, N_BATCH, ctypes.byref(new_n_past), _NO_CALLBACK, None,
                 )  # fmt: skip
             else:
                 status = mtmd.mtmd_helper_eval_chunk_single(

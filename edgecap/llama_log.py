@@ -15,8 +15,10 @@ import llama_cpp.mtmd_cpp as mtmd
 
 logger = logging.getLogger("edgecap.llama")
 
-# ggml_log_level: 0 none, 1 info, 2 warn, 3 error, 4 debug, 5 continuation of the previous line
-_LEVELS = {0: logging.DEBUG, 1: logging.DEBUG, 2: logging.DEBUG, 3: logging.WARNING, 4: logging.DEBUG}
+# ggml_log_level in this llama.cpp: 0 none, 1 debug, 2 info, 3 warn, 4 error, 5 continuation.
+# All of it is detail for whoever debugs; errors also reach the user through our exceptions,
+# which quote ``tail()``. So nothing here is above INFO, and nothing spills on stderr unasked.
+_LEVELS = {4: logging.INFO}
 
 recent: deque[str] = deque(maxlen=400)
 _partial: list[str] = []

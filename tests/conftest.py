@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from edgecap.records import ModelFiles
 from tools.convert import convert
 from tools.make_tiny_model import make_checkpoint
 
@@ -38,3 +39,13 @@ def tiny_gguf(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -
     """``(text, mmproj)``: ``tiny_checkpoint`` converted to f32, so the weights are exactly the
     checkpoint's. Built once per session; treat the files as read-only."""
     return convert(tiny_checkpoint, tmp_path_factory.mktemp("tiny-gguf"), "f32", progress=False)
+
+
+# -- the tiny model as the engine sees it ------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_model_files(tiny_gguf: tuple[Path, Path]) -> ModelFiles:
+    """The converted tiny model as ``ModelFiles`` (random weights), for Engine and services."""
+    text, mmproj = tiny_gguf
+    return ModelFiles(id="edgecap-tiny-random", text=text, mmproj=mmproj, random_weights=True)
