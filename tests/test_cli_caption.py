@@ -7,9 +7,12 @@ import io
 import json
 import os
 import re
+import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
+from subprocess import DEVNULL
 
 import pytest
 from test_batch import FakeEngine, write_png
@@ -306,3 +309,109 @@ def test_the_reference_in_the_docs_is_the_current_help(monkeypatch: pytest.Monke
 if __name__ == "__main__" and sys.argv[1:] == ["--update-docs"]:
     os.environ["COLUMNS"] = "100"
     CLI_DOCS.write_text(with_current_help(CLI_DOCS.read_text(encoding="utf-8")), encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------- the real tiny model
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def install_tiny(model: ModelFiles) -> None:
+    """Register the session's tiny GGUF files as the demo model of this test's home."""
+    Registry(load_settings()).register_local(
+        "edgecap-tiny-random", model.text, model.mmproj, random_weights=True
+    )
+
+
+def test_real_one_image_text_json_and_cost(
+    tiny_model_files: ModelFiles, folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    install_tiny(tiny_model_files)
+    image = str(folder / "b.png")
+    code, streamed, err = run(capsys, image, "--max-tokens", "12")
+    assert (code, err) == (0, NOTICE)
+    code, out, _ = run(capsys, image, "--max-tokens", "12", "--output", "json", "--include-cost")
+    item = json.loads(out)
+    assert code == 0
+    assert list(item) == ["taskType", "taskUUID", "status", "text", "cost"]
+    assert (item["taskType"], item["status"]) == ("imageCaption", "success")
+    assert uuid.UUID(item["taskUUID"]).version == 4
+    assert item["text"] and streamed.strip() == item["text"]  # greedy: the same caption twice
+    assert isinstance(item["cost"], float) and item["cost"] > 0
+
+
+def test_real_folder_to_sidecars_and_jsonl_with_a_bad_file(
+    tiny_model_files: ModelFiles,
+    folder: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    install_tiny(tiny_model_files)
+    (folder / "broken.jpg").write_bytes(b"GIF89a, or not")
+    out_file = tmp_path / "captions.jsonl"
+    code, out, err = run(
+        capsys, str(folder), "--sidecar", "--out", str(out_file), "--max-tokens", "6"
+    )
+    assert (code, out) == (1, "")
+    notice, broken, summary = err.splitlines()
+    assert notice + "\n" == NOTICE
+    assert broken.startswith(f"{folder / 'broken.jpg'}: The file '{folder / 'broken.jpg'}' ")
+    assert summary == "3 captioned, 1 failed, 0 skipped"
+    lines = [json.loads(line) for line in out_file.read_text().splitlines()]
+    assert [x["image"] for x in lines] == [
+        str(folder / "a.png"),
+        str(folder / "b.png"),
+        str(folder / "sub" / "c.png"),
+    ]
+    for line in lines:
+        sidecar = Path(line["image"]).with_suffix(".txt")
+        assert sidecar.read_text(encoding="utf-8") == line["text"] != ""
+    assert not (folder / "broken.txt").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_real_resume_after_the_process_was_killed(
+    tiny_model_files: ModelFiles, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    install_tiny(tiny_model_files)
+    photos = tmp_path / "photos"
+    names = ["a.png", "b.png", "c.png", "d.png", "e.png", "f.png"]
+    for i, name in enumerate(names):
+        write_png(photos / name, (56 + 28 * i, 56), ("red", "green", "blue")[i % 3])
+    # c.png is a named pipe: the run blocks reading it, right after journaling a and b.
+    (photos / "c.png").unlink()
+    os.mkfifo(photos / "c.png")
+    out_file, journal = tmp_path / "captions.jsonl", tmp_path / "journal.jsonl"
+    argv = ["caption", str(photos), "--out", str(out_file), "--journal", str(journal)]
+    argv += ["--max-tokens", "6"]
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with (tmp_path / "stderr.txt").open("wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "edgecap", *argv], env=env, stdout=DEVNULL, stderr=stderr
+        )
+        try:
+            wait_for_lines(journal, 2, process)
+        finally:
+            process.kill()
+            process.wait()
+    before = out_file.read_text().splitlines()
+    assert len(before) == 2 and len(journal.read_text().splitlines()) == 2
+
+    (photos / "c.png").unlink()
+    write_png(photos / "c.png", (112, 56), "blue")
+    code, _, err = run(capsys, *argv[1:], "--resume")
+    assert (code, err.splitlines()[-1]) == (0, "4 captioned, 0 failed, 2 skipped")
+    after = out_file.read_text().splitlines()
+    assert after[:2] == before  # nothing lost, nothing redone
+    assert [json.loads(line)["image"] for line in after] == [str(photos / n) for n in names]
+    assert len(journal.read_text().splitlines()) == 6
+
+
+def wait_for_lines(path: Path, count: int, process: subprocess.Popen[bytes]) -> None:
+    """Wait until ``path`` holds ``count`` lines (a guard against hanging, not a timing)."""
+    deadline = time.monotonic() + 300
+    while not (path.exists() and len(path.read_bytes().splitlines()) >= count):
+        assert process.poll() is None, "the captioning process ended before it was killed"
+        assert time.monotonic() < deadline, f"{path} never reached {count} lines"
+        time.sleep(0.05)

@@ -104,12 +104,16 @@ def build_demo_files(dest: Path) -> tuple[Path, Path]:
         return text, mmproj
     make_checkpoint = import_tool("make_tiny_model").make_checkpoint
     convert = import_tool("convert").convert
-    say(f"building the demo model {DEMO_MODEL} (random weights, a few MB; once) ...")
+    say(f"building the demo model {DEMO_MODEL} (random weights; once, a few seconds) ...")
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{DEMO_MODEL}-") as tmp:
         checkpoint = make_checkpoint(Path(tmp) / "hf", "tiny", seed=DEMO_SEED)
         built_text, built_mmproj = convert(
-            checkpoint, Path(tmp) / "gguf", outtype=DEMO_OUTTYPE, name=DEMO_MODEL
+            checkpoint,
+            Path(tmp) / "gguf",
+            outtype=DEMO_OUTTYPE,
+            name=DEMO_MODEL,
+            progress=sys.stderr.isatty(),
         )
         os.replace(built_mmproj, mmproj)
         os.replace(built_text, text)  # last: its presence says both are complete
