@@ -100,9 +100,10 @@ def encode(block: npt.NDArray[np.float32], qtype: QType) -> np.ndarray:
 
 # -- reading safetensors without torch ----------------------------------------------------------
 
-# safetensors' numpy loader cannot return bfloat16, so the header (8-byte length + JSON) is
-# parsed here and rows are read with numpy, bf16 through ml_dtypes. Plain reads rather than a
-# memory map keep the process's resident memory at the size of one block.
+# The safetensors format is an 8-byte header length, a JSON header (name -> dtype, shape, byte
+# range) and the raw data. It is read here with plain file reads, bf16 through ml_dtypes: the
+# safetensors package memory-maps whole files, and every page it touches then counts as resident
+# memory until the file is closed, while reads of one block of rows keep the process small.
 SAFETENSORS_DTYPES: dict[str, np.dtype[Any]] = {
     "BF16": np.dtype(ml_dtypes.bfloat16),
     "F16": np.dtype(np.float16),
