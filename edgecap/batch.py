@@ -26,7 +26,7 @@ import json
 import os
 import re
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
@@ -308,7 +308,7 @@ def caption_many(
 
 def _one_ahead(
     items: Sequence[ImageItem], prepare: Callable[[ImageItem], _Prepared]
-) -> Iterator[_Prepared]:
+) -> Generator[_Prepared, None, None]:
     """``prepare(item)`` for every item in order; the next one runs in a thread meanwhile."""
     if not items:
         return

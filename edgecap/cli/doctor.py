@@ -1,9 +1,10 @@
 """``edgecap doctor``: what this installation runs on, whether it works, and how to fix it.
 
 Each check reports ``ok``, ``warn`` (works, but could be better, with the fix), ``fail``
-(broken, with the fix) or ``skip`` (cannot run because an earlier check failed). The last check captions the bundled sample image for real — on the
-tiny demo model, or with ``--smoke-model`` on an installed one — which proves the backend
-actually runs and shows where the time goes. Exit code 1 when any check fails.
+(broken, with the fix) or ``skip`` (cannot run because an earlier check failed). The last
+check captions the bundled sample image for real — on the tiny demo model, or with
+``--smoke-model`` on an installed one — which proves the backend actually runs and shows where
+the time goes. Exit code 1 when any check fails.
 """
 
 from __future__ import annotations
