@@ -152,9 +152,7 @@ class Engine:
             )
         self._template = ChatTemplate(template, marker)
         self._mmproj_fingerprint = file_fingerprint(model.mmproj)
-        self._embeddings = EmbeddingCache(
-            settings.image_cache_entries, settings.image_cache_dir
-        )
+        self._embeddings = EmbeddingCache(settings.image_cache_entries, settings.image_cache_dir)
         self._slots = [_Slot(seq_id=i) for i in range(N_SLOTS)]
 
     # ------------------------------------------------------------------ public API
@@ -298,7 +296,7 @@ class Engine:
         batch.token[0] = token
         batch.pos[0] = pos
         batch.n_seq_id[0] = 1
-        batch.seq_id[0][0] = seq
+        batch.seq_id[0][0] = seq  # type: ignore[call-overload]  # ctypes stubs: pointer-to-pointer
         batch.logits[0] = True
         if llama_cpp.llama_decode(self._ctx.ctx, batch) != 0:
             raise InferenceError(f"llama_decode failed: {llama_log.tail(3)}")
@@ -314,7 +312,9 @@ class Engine:
             try:
                 jsonschema.validate(value, schema)
             except jsonschema.ValidationError as exc:
-                raise InferenceError(f"the output does not match the schema: {exc.message}")
+                raise InferenceError(
+                    f"the output does not match the schema: {exc.message}"
+                ) from exc
 
     # ------------------------------------------------------------------ prompt evaluation
 
@@ -438,7 +438,9 @@ class Engine:
                 )  # fmt: skip
             if status != 0:
                 self._clear(slot)
-                raise InferenceError(f"llama.cpp failed to evaluate the prompt: {llama_log.tail(3)}")
+                raise InferenceError(
+                    f"llama.cpp failed to evaluate the prompt: {llama_log.tail(3)}"
+                )
             slot.cells += mtmd.mtmd_input_chunk_get_n_tokens(chunk)
             n_past = new_n_past.value
             if i == prompt.image_index:

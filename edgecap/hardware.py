@@ -53,4 +53,6 @@ def detect_backend() -> Backend:
         if candidate.upper() in info.upper():
             name = candidate
             break
-    return Backend(name=name if gpu else "CPU", gpu_offload=gpu, features=features, system_info=info)
+    return Backend(
+        name=name if gpu else "CPU", gpu_offload=gpu, features=features, system_info=info
+    )

@@ -19,7 +19,7 @@ def _raise_exception(message: str) -> None:
 
 
 class ChatTemplate:
-    """A compiled chat template. ``render`` returns the prompt text with ``marker`` for the image."""
+    """A compiled chat template; ``render`` gives the prompt with ``marker`` for the image."""
 
     def __init__(self, source: str, marker: str) -> None:
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
