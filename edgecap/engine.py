@@ -291,12 +291,13 @@ class Engine:
             n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
         return buf.raw[:n]
 
-    def _decode_one(self, batch: llama_cpp.llama_batch, token: int, pos: int, seq: int) -> None:
+    def _decode_one(self, batch: Any, token: int, pos: int, seq: int) -> None:
+        # ``batch`` is a llama_batch; typed Any because the ctypes stubs mistype its arrays.
         batch.n_tokens = 1
         batch.token[0] = token
         batch.pos[0] = pos
         batch.n_seq_id[0] = 1
-        batch.seq_id[0][0] = seq  # type: ignore[call-overload]  # ctypes stubs: pointer-to-pointer
+        batch.seq_id[0][0] = seq
         batch.logits[0] = True
         if llama_cpp.llama_decode(self._ctx.ctx, batch) != 0:
             raise InferenceError(f"llama_decode failed: {llama_log.tail(3)}")
