@@ -329,6 +329,17 @@ def test_register_local_uses_files_in_place(tmp_path: Path) -> None:
         registry.resolve("my-qwen")
 
 
+def test_register_local_keeps_files_inside_the_store(tmp_path: Path) -> None:
+    """Files registered by path may live in the model's own store directory (the demo)."""
+    home = tmp_path / "home"
+    registry = Registry(settings_for(home))
+    inside = home / "models" / "my-qwen"
+    text, mmproj = write(inside / "t.gguf", TEXT_Q4), write(inside / "m.gguf", MMPROJ)
+    registry.register_local("my-qwen", text, mmproj)
+    assert text.exists() and mmproj.exists()
+    assert registry.resolve("my-qwen").text == text
+
+
 def test_register_local_rejects_bad_input(tmp_path: Path) -> None:
     registry = Registry(settings_for(tmp_path / "home"))
     text, mmproj = write(tmp_path / "t.gguf", TEXT_Q4), write(tmp_path / "m.gguf", MMPROJ)

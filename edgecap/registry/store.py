@@ -125,9 +125,13 @@ class Store:
 
     def prune(self, record: InstalledModel) -> None:
         """Delete files in the model's directory that its record no longer names."""
-        keep = {RECORD_NAME, *(record.file(r).path for r in ROLES)}
-        for path in self.model_dir(record.id).iterdir():
-            if path.is_file() and path.name not in keep:
+        directory = self.model_dir(record.id)
+        # A file path is a name inside the directory, or absolute for a model registered by
+        # path — which may well point into this very directory.
+        keep = {(directory / RECORD_NAME).resolve()}
+        keep |= {(directory / record.file(r).path).resolve() for r in ROLES}
+        for path in directory.iterdir():
+            if path.is_file() and path.resolve() not in keep:
                 path.unlink()
 
     def delete(self, model_id: str) -> None:
