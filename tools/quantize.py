@@ -21,6 +21,7 @@ import re
 import subprocess
 import sys
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,13 +159,17 @@ def run_llama_quantize(src: Path, dst: Path, ftype: int, progress: bool) -> None
         finally:
             if child.poll() is None:
                 child.kill()
-    if status < 0:
-        raise ConversionError(
-            f"llama.cpp crashed (signal {-status}) while quantizing {src}: "
-            f"{' / '.join(last_lines)}. Check the input with tools/convert.py's output."
-        )
     if status != 0:
-        raise ConversionError(f"llama.cpp could not quantize {src}: {' / '.join(last_lines)}")
+        what = (
+            f"crashed (signal {-status}) while quantizing" if status < 0 else "could not quantize"
+        )
+        raise ConversionError(f"llama.cpp {what} {src}: {reason(last_lines)}")
+
+
+def reason(lines: Sequence[str]) -> str:
+    """llama.cpp's own error line if it printed one, else its last lines."""
+    errors = [line for line in lines if re.search(r"error|fail", line, re.IGNORECASE)]
+    return errors[-1] if errors else " / ".join(lines) or "(no message)"
 
 
 def quantize(
