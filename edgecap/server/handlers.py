@@ -40,7 +40,7 @@ from edgecap.server.schema import (
     parse_task,
 )
 from edgecap.server.uploads import UploadStore
-from edgecap.service import CaptionJob, TaskConflict, TaskRecord, TaskService
+from edgecap.service import TaskConflict, TaskRecord, TaskService
 
 RESULT_TASK_TYPE = "imageCaption"  # caption results carry it, as Runware's live API answers
 
@@ -126,21 +126,28 @@ def task_identity(raw: Any) -> tuple[str | None, str | None]:
 async def caption(raw: dict[str, Any], ctx: Context, caller: Caller) -> Reply:
     """Queue one job per image; answer at once (async) or once finished (sync)."""
     task = parse_task(CaptionTask, raw)
-    uuids = job_uuids(task.task_uuid, len(task.image_sources()))
-    records = await run_in_threadpool(
-        _resent_records, ctx.service, uuids, fingerprint(storable_task(raw))
-    )
-    if records is None:
-        jobs = await run_in_threadpool(make_jobs, task, raw, ctx.job_inputs)
-        for job in jobs:
-            if job.request.image is not None:
-                ctx.metrics.observe_image_load(job.request.image.load_seconds)
-        records = await run_in_threadpool(_submit_all, ctx.service, jobs)
+    records = await run_in_threadpool(_submit_caption, task, raw, ctx)
     if task.delivery_method == "async":
         return render_records(records, task.task_uuid)
     timeout = ctx.settings.sync_timeout_s
     waited = await asyncio.gather(*(ctx.service.wait(r.task_uuid, timeout) for r in records))
     return render_records(list(waited), task.task_uuid, timed_out_after=timeout)
+
+
+def _submit_caption(task: CaptionTask, raw: dict[str, Any], ctx: Context) -> list[TaskRecord]:
+    """The task's records: those of its earlier sending, or of its jobs, built and queued now.
+
+    Blocking (store, model files, image fetch and decode): runs in the thread pool, in one hop.
+    """
+    uuids = job_uuids(task.task_uuid, len(task.image_sources()))
+    records = _resent_records(ctx.service, uuids, fingerprint(storable_task(raw)))
+    if records is not None:
+        return records
+    jobs = make_jobs(task, raw, ctx.job_inputs)
+    for job in jobs:
+        if job.request.image is not None:
+            ctx.metrics.observe_image_load(job.request.image.load_seconds)
+    return [ctx.service.submit(job) for job in jobs]
 
 
 def _resent_records(
@@ -165,10 +172,6 @@ def _resent_records(
         return [first] + [service.get(u) for u in uuids[1:]]
     except NotFound:  # a multi-image task that was only partly queued: queue the rest
         return None
-
-
-def _submit_all(service: TaskService, jobs: list[CaptionJob]) -> list[TaskRecord]:
-    return [service.submit(job) for job in jobs]
 
 
 def render_records(
