@@ -55,6 +55,9 @@ def staged_outputs(paths: Sequence[Path], force: bool) -> Iterator[list[Path]]:
     partials = [partial_path(p) for p in paths]
     try:
         yield partials
+        for partial in partials:  # on disk before the rename, so a crash leaves no empty file
+            with partial.open("rb") as f:
+                os.fsync(f.fileno())
         for partial, final in zip(partials, paths, strict=True):
             os.replace(partial, final)
     finally:

@@ -34,6 +34,7 @@ import ml_dtypes
 import numpy as np
 import numpy.typing as npt
 from gguf import GGMLQuantizationType as QType
+from tqdm import tqdm
 
 if __spec__ is None:  # run as a script: make edgecap and tools importable from the source tree
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -399,23 +400,51 @@ class PlannedTensor:
             yield self.source.read_rows(start, stop).reshape(-1, *self.shape[1:])
 
 
-def split_tensor(name: str, stored: StoredTensor) -> list[tuple[str, dict[str, Any]]]:
-    """The checkpoint-side names one tensor becomes, with how to cut it out.
+@dataclass(frozen=True)
+class Piece:
+    """The part of a checkpoint tensor that becomes one GGUF tensor."""
+
+    name: str  # in the original checkpoint layout, as gguf's tensor map knows it
+    shape: tuple[int, ...]
+    first_row: int = 0
+    time_step: int | None = None
+
+
+def pieces(name: str, stored: StoredTensor) -> list[Piece]:
+    """What one checkpoint tensor becomes: itself, or for two tensors, parts of it.
 
     The vision attention's fused ``qkv`` becomes q, k and v (thirds of its rows); the Conv3d
-    patch kernel ``[C, 3, 2, P, P]`` becomes two 2-D kernels, one per time step.
+    patch kernel ``[C, 3, 2, P, P]`` becomes two 2-D kernels, one per time step, the second
+    named ``v.patch_embd.weight.1`` in the GGUF file.
     """
     if ".attn.qkv." in name:
         if stored.rows % 3:
             raise ConversionError(f"{name} has {stored.rows} rows, which do not split in three.")
         third = stored.rows // 3
+        shape = (third, *stored.shape[1:])
         return [
-            (name.replace(".attn.qkv.", f".attn.{part}."), {"first_row": k * third, "rows": third})
+            Piece(name.replace(".attn.qkv.", f".attn.{part}."), shape, first_row=k * third)
             for k, part in enumerate("qkv")
         ]
     if name == "visual.patch_embed.proj.weight":
-        return [(name, {"time_step": 0}), (name + ".1", {"time_step": 1})]
-    return [(name, {})]
+        if len(stored.shape) != 5 or stored.shape[2] != 2:
+            raise ConversionError(
+                f"{name} has shape {list(stored.shape)}; Qwen2.5-VL's is [C, 3, 2, 14, 14]."
+            )
+        out, channels, _, height, width = stored.shape
+        shape = (out, channels, height, width)
+        return [Piece(name, shape, time_step=0), Piece(name + ".1", shape, time_step=1)]
+    return [Piece(name, stored.shape)]
+
+
+def gguf_name(
+    piece: str, text_map: gguf.TensorNameMap, vision_map: gguf.TensorNameMap
+) -> str | None:
+    if piece.endswith(".weight.1"):  # the patch kernel's second time step
+        first = vision_map.get_name(piece.removesuffix(".1"), try_suffixes=(".weight",))
+        return f"{first}.1" if first else None
+    tensor_map = vision_map if piece.startswith("visual.") else text_map
+    return tensor_map.get_name(piece, try_suffixes=(".weight", ".bias"))
 
 
 def plan_tensors(
@@ -430,31 +459,21 @@ def plan_tensors(
         name = original_name(checkpoint_name)
         if name.endswith(".inv_freq"):
             continue
-        for part, cut in split_tensor(name, source):
-            if part.endswith(".weight.1"):  # the patch kernel's second time step
-                mapped = vision_map.get_name(part.removesuffix(".1"), try_suffixes=(".weight",))
-                gguf_name = f"{mapped}.1" if mapped else None
-            else:
-                tensor_map = vision_map if name.startswith("visual.") else text_map
-                gguf_name = tensor_map.get_name(part, try_suffixes=(".weight", ".bias"))
-            if gguf_name is None:
+        for piece in pieces(name, source):
+            target = gguf_name(piece.name, text_map, vision_map)
+            if target is None:
                 raise ConversionError(
                     f"The checkpoint has a tensor {checkpoint_name} that is not part of "
                     "Qwen2.5-VL (or belongs to a layer beyond the config's counts); check that "
                     "config.json and the weights belong together."
                 )
-            shape = source.shape
-            if "rows" in cut:
-                shape = (cut["rows"], *shape[1:])
-            if "time_step" in cut:
-                shape = (shape[0], shape[1], *shape[3:])
-            planned[gguf_name] = PlannedTensor(
-                name=gguf_name,
+            planned[target] = PlannedTensor(
+                name=target,
                 source=source,
-                shape=shape,
-                qtype=tensor_type(gguf_name, shape, outtype),
-                first_row=cut.get("first_row", 0),
-                time_step=cut.get("time_step"),
+                shape=piece.shape,
+                qtype=tensor_type(target, piece.shape, outtype),
+                first_row=piece.first_row,
+                time_step=piece.time_step,
             )
     with_output = "output.weight" in planned
     text = ordered(planned, text_tensor_names(config.layers, with_output=with_output))
@@ -579,7 +598,9 @@ def mmproj_writer(config: ModelConfig, name: str, outtype: OutType) -> gguf.GGUF
 # -- writing ------------------------------------------------------------------------------------
 
 
-def write_gguf(path: Path, writer: gguf.GGUFWriter, tensors: list[PlannedTensor], bar: Any) -> None:
+def write_gguf(
+    path: Path, writer: gguf.GGUFWriter, tensors: list[PlannedTensor], bar: tqdm
+) -> None:
     """Write header, metadata and tensor index, then each tensor's data as it is converted.
 
     GGUFWriter's own data path wants whole arrays; here each tensor goes out in row blocks
