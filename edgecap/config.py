@@ -64,6 +64,11 @@ class Settings(BaseSettings):
     n_ctx: int = Field(8192, ge=512)
     n_gpu_layers: int = Field(0, ge=-1, description="-1 = all layers on the GPU")
     mmproj_gpu: bool = True
+    extra_buffers: bool | None = Field(
+        None,
+        description="llama.cpp's extra CPU weight buffers (repacking, AMX). None = auto: off on "
+        "CPUs with AMX, whose quantized matmul crashes in this llama.cpp (llama.cpp #20824)",
+    )
     image_cache_entries: int = Field(32, ge=0)
     image_cache_dir: Path | None = Field(None, description="Persist image embeddings here")
     system_prompt: str | None = None

@@ -23,6 +23,7 @@ import hashlib
 import json
 import threading
 import time
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +38,7 @@ from edgecap import gguf_check, llama_log
 from edgecap.cache import EmbeddingCache, EmbeddingKey, file_fingerprint
 from edgecap.config import PIXELS_PER_TOKEN, Settings
 from edgecap.errors import ContextOverflow, InferenceError, ModelError
-from edgecap.hardware import physical_cores
+from edgecap.hardware import detect_backend, physical_cores
 from edgecap.prompt import ChatTemplate
 from edgecap.records import (
     CaptionRequest,
@@ -52,6 +53,18 @@ from edgecap.sampling import LoopGuard, make_grammar, make_sampler
 N_SLOTS = 4  # sequences sharing the context (each keeps its own prefix cache)
 N_BATCH = 512
 _NO_CALLBACK = mtmd.mtmd_helper_post_decode_callback()  # a NULL function pointer
+
+
+def use_extra_buffers(settings: Settings) -> bool:
+    """Whether llama.cpp may move weights into its extra CPU buffer types.
+
+    On CPUs with AMX, this llama.cpp puts quantized weights in its AMX buffer, whose matmul
+    segfaults (ldtilecfg; llama.cpp #20824, fix pending upstream): every Q4_K_M/Q8_0 prompt would
+    kill the process. So the default is off there, at the cost of weight repacking.
+    """
+    if settings.extra_buffers is not None:
+        return settings.extra_buffers
+    return "AMX_INT8" not in detect_backend().features
 
 
 @dataclass
@@ -98,6 +111,7 @@ class Engine:
         llama_cpp.llama_backend_init()
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = 999 if settings.n_gpu_layers < 0 else settings.n_gpu_layers
+        mparams.use_extra_bufts = use_extra_buffers(settings)
         try:
             self._model = LlamaModel(path_model=str(model.text), params=mparams, verbose=False)
         except ValueError as exc:
@@ -189,8 +203,9 @@ class Engine:
                 mtmd.mtmd_input_chunks_free(prompt.chunks)
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
-        """llama.cpp's tokenization of ``text`` (no BOS)."""
-        return list(self._model.tokenize(text.encode(), add_bos=False, special=special))
+        """The model's tokenization of ``text`` (no BOS), NFC-normalised as the reference does."""
+        normalized = unicodedata.normalize("NFC", text).encode()
+        return list(self._model.tokenize(normalized, add_bos=False, special=special))
 
     def close(self) -> None:
         if getattr(self, "_mtmd", None):
@@ -321,7 +336,8 @@ class Engine:
 
     def _tokenize(self, text: str, image: LoadedImage | None) -> _Prompt:
         chunks = mtmd.mtmd_input_chunks_init()
-        encoded = text.encode("utf-8")
+        # Qwen's tokenizer.json normalises to NFC; llama.cpp does not normalise at all.
+        encoded = unicodedata.normalize("NFC", text).encode("utf-8")
         inp = mtmd.mtmd_input_text(encoded, len(encoded), False, True)
         keep: list[Any] = [encoded]
         if image is not None:

@@ -10,15 +10,14 @@ Q4_K_M mostly falls back to Q5_0 (K-quants need rows of 256), so it is milder th
 Native crash: on CPUs with AMX (Sapphire Rapids and later) llama.cpp repacks Q8_0/K-quant
 weights into its AMX buffer, and in this build ``ggml_backend_amx_mul_mat`` crashes the process
 (SIGSEGV at ``ldtilecfg``) on any prefill of two or more tokens; see llama.cpp#20824 and the
-open fix ggml-org/llama.cpp#26954. ``test_quantized_text_model_survives_a_prefill`` runs the
-engine in a child process to show this without taking pytest down; where it crashes, the
-parity tests load the weights without llama.cpp's extra CPU buffer types (plain CPU kernels)
-so the quantization itself is still measured.
+open fix ggml-org/llama.cpp#26954. The engine therefore turns llama.cpp's extra CPU buffer types
+off on AMX CPUs (``edgecap.engine.use_extra_buffers``);
+``test_quantized_text_model_survives_a_prefill`` runs the engine as shipped in a child process,
+so a regression fails that test instead of taking pytest down.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import subprocess
 import sys
@@ -26,7 +25,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import llama_cpp
 import numpy as np
 import pytest
 from PIL import Image
@@ -163,29 +161,6 @@ def native_prefill(
     return probes
 
 
-@contextlib.contextmanager
-def plain_cpu_buffers() -> Iterator[None]:
-    """Make the engine load weights without llama.cpp's extra CPU buffer types (AMX, repack)."""
-    original = llama_cpp.llama_model_default_params
-
-    def params() -> llama_cpp.llama_model_params:
-        p = original()
-        p.use_extra_bufts = False
-        return p
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(llama_cpp, "llama_model_default_params", params)
-        yield
-
-
-def open_engine(text: Path, mmproj: Path, settings: Settings, plain: bool) -> Engine:
-    if plain:
-        print(f"{text.name}: loaded without extra CPU buffers (the AMX crash, see module doc)")
-        with plain_cpu_buffers():
-            return Engine(ModelFiles(text.stem, text, mmproj), settings)
-    return Engine(ModelFiles(text.stem, text, mmproj), settings)
-
-
 @pytest.mark.parametrize("qtype", TEXT_TYPES)
 def test_quantized_text_model_survives_a_prefill(
     native_prefill: dict[str, Probe], qtype: str
@@ -214,16 +189,14 @@ def f32_logits(tiny_gguf: tuple[Path, Path], settings: Settings) -> dict[str, np
 
 
 @pytest.fixture(scope="module")
-def q8_0_text_engine(quantized, tiny_gguf, settings, native_prefill) -> Iterator[Engine]:
-    plain = native_prefill["Q8_0"].crashed
-    with open_engine(quantized["Q8_0"], tiny_gguf[1], settings, plain) as engine:
+def q8_0_text_engine(quantized, tiny_gguf, settings) -> Iterator[Engine]:
+    with Engine(ModelFiles("q8_0", quantized["Q8_0"], tiny_gguf[1]), settings) as engine:
         yield engine
 
 
 @pytest.fixture(scope="module")
-def q4_k_m_text_engine(quantized, tiny_gguf, settings, native_prefill) -> Iterator[Engine]:
-    plain = native_prefill["Q4_K_M"].crashed
-    with open_engine(quantized["Q4_K_M"], tiny_gguf[1], settings, plain) as engine:
+def q4_k_m_text_engine(quantized, tiny_gguf, settings) -> Iterator[Engine]:
+    with Engine(ModelFiles("q4_k_m", quantized["Q4_K_M"], tiny_gguf[1]), settings) as engine:
         yield engine
 
 
