@@ -39,7 +39,7 @@ pytest: $(VENV)/.test
 test: lint typecheck pytest
 
 bench: $(VENV)/.runtime
-	$(PY) tools/bench.py
+	$(PY) -m tools.bench
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache
