@@ -6,11 +6,11 @@ See docs/fidelity.md for the figures and for why transformers 5.x is not the ref
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import pytest
+from pictures import png_bytes, synthetic_photo
 from PIL import Image
 
 from edgecap.config import Settings
@@ -29,24 +29,6 @@ TEXT_PROMPTS = [
 ]
 # Sizes are multiples of 28 so neither side resizes (width x height).
 IMAGE_SIZES = [(56, 56), (112, 84), (84, 196), (224, 140)]
-
-
-def synthetic_photo(width: int, height: int, seed: int) -> Image.Image:
-    """A deterministic image with structure (gradients + blocks), not flat noise."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width]
-    r = (x * 255 // max(width - 1, 1)).astype(np.uint8)
-    g = (y * 255 // max(height - 1, 1)).astype(np.uint8)
-    b = ((x // 14 + y // 14) % 2 * 200).astype(np.uint8)
-    pixels = np.stack([r, g, b], axis=-1)
-    pixels = np.clip(pixels.astype(int) + rng.integers(-20, 20, pixels.shape), 0, 255)
-    return Image.fromarray(pixels.astype(np.uint8), "RGB")
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ so a regression fails that test instead of taking pytest down.
 
 from __future__ import annotations
 
-import io
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from pictures import png_bytes, synthetic_photo
 
 from edgecap.config import Settings
 from edgecap.engine import Engine
@@ -48,24 +47,6 @@ TEXT_TYPES = ("Q8_0", "Q4_K_M")
 
 Q8_0_MIN_R = 0.999
 Q4_K_M_MIN_R = 0.98  # measured 0.990-0.995 (module docstring)
-
-
-def synthetic_photo(width: int, height: int, seed: int) -> Image.Image:
-    """A deterministic image with structure (gradients + blocks), as in test_parity."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width]
-    r = (x * 255 // max(width - 1, 1)).astype(np.uint8)
-    g = (y * 255 // max(height - 1, 1)).astype(np.uint8)
-    b = ((x // 14 + y // 14) % 2 * 200).astype(np.uint8)
-    pixels = np.stack([r, g, b], axis=-1)
-    pixels = np.clip(pixels.astype(int) + rng.integers(-20, 20, pixels.shape), 0, 255)
-    return Image.fromarray(pixels.astype(np.uint8), "RGB")
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def request(prompt_id: str, settings: Settings, **sampling: int) -> CaptionRequest:
