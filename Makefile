@@ -21,6 +21,8 @@ $(VENV)/.runtime: pyproject.toml | $(PY)
 $(VENV)/.test: pyproject.toml | $(PY)
 	@echo "Installing edgecap with test dependencies"
 	$(PIP) install --quiet -e '.[test]'
+	$(PIP) install --quiet --no-deps --target $(VENV)/clients/runware-0.5.24 runware==0.5.24
+	$(PIP) install --quiet --no-deps --target $(VENV)/clients/runware-sdk-1.8.0 runware-sdk==1.8.0
 	@touch $@ $(VENV)/.runtime
 
 demo: $(VENV)/.runtime

@@ -97,6 +97,18 @@ class NotFound(EdgecapError):
     code, status = "taskNotFound", 404
 
 
+class TaskConflict(EdgecapError):
+    """A taskUUID reused for a different task."""
+
+    code, status = "conflictTaskUUID", 400
+
+
+class TaskExpired(NotFound):
+    """A task whose result was kept for its ttl and then deleted."""
+
+    code = "taskExpired"
+
+
 class AuthError(EdgecapError):
     code, status = "invalidApiKey", 401
 
@@ -109,3 +121,9 @@ class ConversionError(EdgecapError):
     """A checkpoint or GGUF file that the tools cannot convert or quantize."""
 
     code, status = "invalidModel", 400
+
+
+class DependencyError(EdgecapError):
+    """A package that only the tools need is missing or unusable."""
+
+    code, status = "invalidModel", 500

@@ -25,14 +25,12 @@ from typing import Any
 
 from edgecap.config import Settings
 from edgecap.delivery import Deliverer, outgoing_for
-from edgecap.errors import EdgecapError, InferenceError, RateLimited
+from edgecap.errors import EdgecapError, InferenceError, RateLimited, TaskConflict, TaskExpired
 from edgecap.records import CaptionResult
 from edgecap.tasks import (
     CaptionJob,
     ClaimedTask,
     Clock,
-    TaskConflict,
-    TaskExpired,
     TaskRecord,
     TaskStore,
 )

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from edgecap.errors import EdgecapError, NotFound
+from edgecap.errors import EdgecapError, NotFound, TaskExpired
 from edgecap.records import CaptionRequest, LoadedImage, Sampling
 
 TaskStatus = Literal["queued", "processing", "success", "error"]
@@ -82,18 +82,6 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX outbox_due ON outbox (status, next_attempt_at);
     """,
 )
-
-
-class TaskConflict(EdgecapError):
-    """A taskUUID reused for a different task."""
-
-    code, status = "conflictTaskUUID", 400
-
-
-class TaskExpired(NotFound):
-    """A task whose result was kept for its ttl and then deleted."""
-
-    code = "taskExpired"
 
 
 @dataclass(frozen=True)

@@ -39,19 +39,13 @@ import numpy.typing as npt
 from safetensors.numpy import save_file
 from tqdm import tqdm
 
-from edgecap.errors import EdgecapError, InvalidParameter
+from edgecap.errors import DependencyError, EdgecapError, InvalidParameter
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 DEFAULT_SHARD_SIZE = 2 * 10**9
 # Random numbers are drawn in blocks of rows of at most this many values, so the float32
 # scratch space stays small even for the 7B embedding (545M values).
 CHUNK_VALUES = 1 << 24
-
-
-class DependencyError(EdgecapError):
-    """A package that only the tools need is missing or unusable."""
-
-    code, status = "invalidModel", 500
 
 
 # -- presets ---------------------------------------------------------------------------------
