@@ -6,9 +6,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from edgecap.cli.caption import resolve_model
 from edgecap.config import load_settings
 from edgecap.server import serve
-from edgecap.server.auth import load_key_file
+from edgecap.server.auth import ApiKeys, check_bind, load_key_file
 
 
 def add_parser(subparsers: Any) -> None:
@@ -63,5 +64,13 @@ def run(args: argparse.Namespace) -> int:
         offline=args.offline,
         model=args.model,
     )
+    # Refuse a bad bind and a missing model before anything starts; say so when the weights
+    # are the demo model's random ones.
+    check_bind(
+        settings.host,
+        ApiKeys(settings.api_keys),
+        allow_unauthenticated=args.allow_unauthenticated_public_bind,
+    )
+    resolve_model(settings, settings.model)
     serve(settings, allow_unauthenticated_public_bind=args.allow_unauthenticated_public_bind)
     return 0
