@@ -14,13 +14,16 @@ server, during a task uses one attempt; after the last one the task fails with
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
+import itertools
 import logging
 import math
 import statistics
 import threading
 import time
 from collections import Counter, deque
+from dataclasses import dataclass, field
 from typing import Any
 
 from edgecap.config import Settings
@@ -172,6 +175,7 @@ class TaskService:
             "queue_depth": self.queue_depth(),
             "tasks": self.store.counts(),
             "latency_seconds": self._metrics.latencies(),
+            "latency_histograms": self._metrics.histograms(),
             "tokens": self._metrics.tokens(),
             "worker": {"ready": self.ready, "restarts": self._worker.restarts},
             "deliveries": self.store.delivery_counts(),
@@ -303,11 +307,34 @@ class _Waiters:
                 loop.call_soon_threadsafe(event.set)
 
 
+# Upper bounds (seconds) of the per-stage latency histogram buckets: from a tiny model's
+# milliseconds to a 7B vision encode of a big image on a small CPU.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120, 300)
+
+
+@dataclass
+class StageHistogram:
+    """Cumulative latency histogram of one stage since start (Prometheus semantics)."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    total: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.total += seconds
+
+    def buckets(self) -> list[tuple[str, int]]:
+        """``(le, cumulative count)`` pairs, ending with ``+Inf``."""
+        bounds = [str(b) for b in LATENCY_BUCKETS] + ["+Inf"]
+        return list(zip(bounds, itertools.accumulate(self.counts), strict=True))
+
+
 class _Metrics:
-    """Recent per-stage latencies and token totals since start, for /metrics."""
+    """Per-stage latencies (recent samples and histograms since start) and token totals."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._histograms: dict[str, StageHistogram] = {}
         self._latency: dict[str, deque[float]] = {}
         self._tokens: Counter[str] = Counter()
         self._runs: deque[float] = deque(maxlen=RUN_SAMPLES)
@@ -317,6 +344,7 @@ class _Metrics:
         with self._lock:
             for stage, seconds in stages.items():
                 self._latency.setdefault(stage, deque(maxlen=LATENCY_SAMPLES)).append(seconds)
+                self._histograms.setdefault(stage, StageHistogram()).observe(seconds)
             self._tokens.update(
                 prompt=result.prompt_tokens,
                 image=result.image_tokens,
@@ -327,6 +355,13 @@ class _Metrics:
     def latencies(self) -> dict[str, list[float]]:
         with self._lock:
             return {stage: list(samples) for stage, samples in self._latency.items()}
+
+    def histograms(self) -> dict[str, StageHistogram]:
+        with self._lock:
+            return {
+                stage: StageHistogram(list(h.counts), h.total)
+                for stage, h in self._histograms.items()
+            }
 
     def tokens(self) -> dict[str, int]:
         with self._lock:

@@ -16,10 +16,15 @@ from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
-from edgecap.service import TaskService
+from edgecap.service import StageHistogram, TaskService
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
@@ -99,11 +104,23 @@ class ServiceCollector(Collector):
             "edgecap_worker_restarts", "Engine process restarts", value=worker["restarts"]
         )
         yield from _stage_latencies(stats["latency_seconds"])
+        yield _stage_histograms(stats["latency_histograms"])
 
 
 def _labelled(family: GaugeMetricFamily | CounterMetricFamily, values: dict[str, int]) -> Metric:
     for label, value in values.items():
         family.add_metric([label], value)
+    return family
+
+
+def _stage_histograms(histograms: dict[str, StageHistogram]) -> Metric:
+    family = HistogramMetricFamily(
+        "edgecap_stage_seconds",
+        "Per-stage latency since start (stages: load_image, encode, prefill, generate, queue, run)",
+        labels=["stage"],
+    )
+    for stage, histogram in sorted(histograms.items()):
+        family.add_metric([stage], histogram.buckets(), sum_value=histogram.total)
     return family
 
 
