@@ -58,7 +58,7 @@ class LoopGuard:
     ``min_repeats`` times) counts as a loop. Qwen2.5-VL is known to do this on some images.
     """
 
-    def __init__(self, max_period: int = 48, min_span: int = 64, min_repeats: int = 4) -> None:
+    def __init__(self, max_period: int = 48, min_span: int = 32, min_repeats: int = 4) -> None:
         self.max_period = max_period
         self.min_span = min_span
         self.min_repeats = min_repeats

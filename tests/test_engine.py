@@ -205,6 +205,20 @@ def test_native_logs_do_not_reach_stderr(
     assert captured.err == "" and captured.out == ""
 
 
+def test_a_looping_caption_ends_cleanly(engine: Engine, settings: Settings) -> None:
+    """Greedy decoding without a repeat penalty makes the tiny model loop on the sample."""
+    sample = Path(__file__).resolve().parent.parent / "edgecap" / "data" / "sample.jpg"
+    req = ask(
+        load_image(sample, settings), "Describe this image in detail.", max_tokens=200,
+        repeat_penalty=1.0,
+    )  # fmt: skip
+    result = engine.caption(req)
+    assert result.finish_reason == "loop"
+    assert result.generated_tokens < 100
+    words = result.text.split()
+    assert len(words) == len(set(words))  # the repeated cycle is cut to one occurrence
+
+
 @pytest.mark.parametrize(
     ("tokens", "expected"),
     [
@@ -212,6 +226,7 @@ def test_native_logs_do_not_reach_stderr(
         (list(range(40)) + [5] * 70, 41),  # one token repeated after a normal start
         (list(range(100)), None),  # no repetition
         ([1, 2] * 10, None),  # too short to call it a loop
+        ([9] * 40, 1),  # one token 32+ times
     ],
 )
 def test_loop_guard(tokens: list[int], expected: int | None) -> None:
