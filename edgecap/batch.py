@@ -39,7 +39,7 @@ from edgecap.errors import EdgecapError, InvalidParameter, MissingInputImage
 from edgecap.images import load_image, pixel_budget
 from edgecap.records import CaptionRequest, CaptionResult, LoadedImage, Sampling, TokenPiece
 from edgecap.registry.digests import sha256_file
-from edgecap.service import TASK_TYPE, cost_of
+from edgecap.results import result_item
 
 # Files a folder search picks up (case-insensitive). A file named on the command line is
 # captioned whatever its name; folders and globs also hold sidecars and other non-images.
@@ -243,21 +243,6 @@ class Summary:
     def exit_code(self) -> int:
         """0 when nothing failed, else 1."""
         return 1 if self.failed else 0
-
-
-def result_item(
-    result: CaptionResult, task_uuid: str, *, include_cost: bool, cost_per_second: float
-) -> dict[str, Any]:
-    """The caption API's success item for one result (caption-api.md)."""
-    item: dict[str, Any] = {
-        "taskType": TASK_TYPE,
-        "taskUUID": task_uuid,
-        "status": "success",
-        "text": result.text,
-    }
-    if include_cost:
-        item["cost"] = cost_of(result, cost_per_second)
-    return item
 
 
 # ---------------------------------------------------------------------------- the run

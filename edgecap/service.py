@@ -30,6 +30,7 @@ from edgecap.config import Settings
 from edgecap.delivery import Deliverer, outgoing_for
 from edgecap.errors import EdgecapError, InferenceError, RateLimited, TaskConflict, TaskExpired
 from edgecap.records import CaptionResult
+from edgecap.results import RESULT_TASK_TYPE, result_item
 from edgecap.tasks import (
     CaptionJob,
     ClaimedTask,
@@ -55,7 +56,6 @@ PURGE_INTERVAL_S = 60.0
 LATENCY_SAMPLES = 1000  # recent samples kept per stage for /metrics
 RUN_SAMPLES = 20  # recent task durations behind the retry-after estimate
 FIRST_TASK_GUESS_S = 15.0  # the retry-after estimate before any task has finished
-TASK_TYPE = "imageCaption"
 
 
 class TaskService:
@@ -219,19 +219,17 @@ class TaskService:
         self._finish_success(job, result)
 
     def _finish_success(self, job: CaptionJob, result: CaptionResult) -> None:
-        item: dict[str, Any] = {
-            "taskType": TASK_TYPE,
-            "taskUUID": job.task_uuid,
-            "status": "success",
-            "text": result.text,
-        }
-        if job.include_cost:
-            item["cost"] = cost_of(result, self.settings.cost_per_second)
+        item = result_item(
+            result,
+            job.task_uuid,
+            include_cost=job.include_cost,
+            cost_per_second=self.settings.cost_per_second,
+        )
         response = {"data": [item]}
         self._finish(job, response, result=item, error=None, text=result.text)
 
     def _finish_error(self, job: CaptionJob, exc: EdgecapError) -> None:
-        error = {**exc.to_dict(), "taskType": TASK_TYPE, "taskUUID": job.task_uuid}
+        error = {**exc.to_dict(), "taskType": RESULT_TASK_TYPE, "taskUUID": job.task_uuid}
         self._finish(job, {"errors": [error]}, result=None, error=error, text=None)
 
     def _finish(
@@ -263,11 +261,6 @@ class TaskService:
     def _retry_after(self, waiting: int) -> int:
         """Seconds until a queue slot is likely free: the tasks ahead at the recent pace."""
         return max(1, math.ceil((waiting + 1) * self._metrics.typical_run_seconds()))
-
-
-def cost_of(result: CaptionResult, cost_per_second: float) -> float:
-    """Measured compute seconds x the rate, to 6 significant digits."""
-    return float(f"{result.compute_seconds * cost_per_second:.6g}")
 
 
 def _gave_up(attempts: int, crash: WorkerCrashed) -> InferenceError:

@@ -22,6 +22,7 @@ from edgecap.errors import NotFound, RateLimited
 from edgecap.images import load_image
 from edgecap.records import CaptionRequest, CaptionResult, ModelFiles, Sampling
 from edgecap.registry import Registry
+from edgecap.results import cost_of
 from edgecap.service import (
     MAX_ATTEMPTS,
     CaptionJob,
@@ -29,7 +30,6 @@ from edgecap.service import (
     TaskExpired,
     TaskRecord,
     TaskService,
-    cost_of,
 )
 
 WAIT_S = 60.0

@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from edgecap.config import Settings
 from edgecap.errors import EdgecapError, InvalidParameter, NotFound
 from edgecap.registry import Registry
+from edgecap.results import RESULT_TASK_TYPE
 from edgecap.server.auth import ApiKeys
 from edgecap.server.envelope import Reply
 from edgecap.server.errors import TimeoutProvider, UnsupportedTaskType, unexpected_error
@@ -41,8 +42,6 @@ from edgecap.server.schema import (
 )
 from edgecap.server.uploads import UploadStore
 from edgecap.service import TaskConflict, TaskRecord, TaskService
-
-RESULT_TASK_TYPE = "imageCaption"  # caption results carry it, as Runware's live API answers
 
 
 @dataclass(frozen=True)
