@@ -107,7 +107,7 @@ def diagnose(settings: Settings, *, smoke_model: str | None, verify: bool) -> li
     versions = check_versions()
     llama_loads = versions.status != "fail"
     steps: list[tuple[str, bool, Callable[[], Check]]] = [
-        ("backend", True, check_backend),
+        ("backend", True, lambda: check_backend(settings)),
         ("threads", False, lambda: check_threads(settings)),
         ("models", False, lambda: check_models(settings, verify=verify)),
         ("smoke", True, lambda: check_smoke(settings, smoke_model)),
@@ -151,7 +151,8 @@ def check_versions() -> Check:
     return Check("versions", "ok", detail, data=data)
 
 
-def check_backend() -> Check:
+def check_backend(settings: Settings) -> Check:
+    from edgecap.engine import use_extra_buffers
     from edgecap.hardware import detect_backend
 
     backend = detect_backend()
@@ -163,10 +164,16 @@ def check_backend() -> Check:
         "devices": devices,
         "simd": simd,
         "system_info": backend.system_info.strip(),
+        "extra_cpu_buffers": use_extra_buffers(settings),
     }
     offload = "GPU offload" if backend.gpu_offload else "no GPU offload"
     shown = ", ".join(f"{d['name']} ({d['description']})" for d in devices) or "not reported"
     detail = f"{backend.name}, {offload}; devices: {shown}; SIMD: {' '.join(simd) or 'none'}"
+    if not data["extra_cpu_buffers"]:
+        detail += (
+            "; extra CPU weight buffers off (AMX crash in this llama.cpp, #20824; "
+            "EDGECAP_EXTRA_BUFFERS overrides)"
+        )
     if platform.machine().lower() in {"x86_64", "amd64"} and "AVX2" not in simd:
         fix = (
             "this llama.cpp build uses no AVX2, so captions are very slow: rebuild "
