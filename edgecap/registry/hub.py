@@ -9,6 +9,7 @@ publishes for large files (their LFS ETag).
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,32 +54,33 @@ def download(
     # An explicit endpoint is a mirror: never send it the user's Hugging Face token.
     token: bool | None = False if endpoint else None
     url = hf_hub_url(repo, filename, revision=revision, endpoint=endpoint)
-    try:
-        meta = get_hf_file_metadata(url, token=token, endpoint=endpoint)
-        if meta.commit_hash is None or meta.size is None:
+    with _quiet_hub_warnings():
+        try:
+            meta = get_hf_file_metadata(url, token=token, endpoint=endpoint)
+            if meta.commit_hash is None or meta.size is None:
+                raise DownloadFailed(
+                    f"{url} did not answer like a Hugging Face Hub (no commit or size headers). "
+                    f"Check the endpoint, or {fix}"
+                )
+            with _hub_progress(progress):
+                path = hf_hub_download(
+                    repo,
+                    filename,
+                    revision=meta.commit_hash,
+                    local_dir=dest_dir,
+                    endpoint=endpoint,
+                    token=token,
+                )
+        except (HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
+            raise DownloadFailed(f"could not download {url}: {_reason(exc)}; {fix}") from exc
+        except requests.ConnectionError as exc:
+            host = urlsplit(url).netloc
             raise DownloadFailed(
-                f"{url} did not answer like a Hugging Face Hub (no commit or size headers). "
-                f"Check the endpoint, or {fix}"
-            )
-        with _hub_progress(progress):
-            path = hf_hub_download(
-                repo,
-                filename,
-                revision=meta.commit_hash,
-                local_dir=dest_dir,
-                endpoint=endpoint,
-                token=token,
-            )
-    except (HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
-        raise DownloadFailed(f"could not download {url}: {_reason(exc)}; {fix}") from exc
-    except requests.ConnectionError as exc:
-        host = urlsplit(url).netloc
-        raise DownloadFailed(
-            f"could not connect to {host} for {url}: check the network, or the --endpoint URL; "
-            f"{fix}"
-        ) from exc
-    except (requests.RequestException, OSError) as exc:
-        raise DownloadFailed(f"could not download {url}: {_reason(exc)}; {fix}") from exc
+                f"could not connect to {host} for {url}: check the network, or the --endpoint URL; "
+                f"{fix}"
+            ) from exc
+        except (requests.RequestException, OSError) as exc:
+            raise DownloadFailed(f"could not download {url}: {_reason(exc)}; {fix}") from exc
     etag = (meta.etag or "").lower()
     return Downloaded(
         path=Path(path),
@@ -94,6 +96,18 @@ def _reason(exc: Exception) -> str:
         return "huggingface_hub is in offline mode (HF_HUB_OFFLINE is set)"
     first_line = str(exc).strip().splitlines()
     return first_line[0] if first_line else type(exc).__name__
+
+
+@contextmanager
+def _quiet_hub_warnings() -> Iterator[None]:
+    """huggingface_hub logs each retry on stderr; our DownloadFailed says what went wrong."""
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hub_logger.setLevel(level)
 
 
 @contextmanager
