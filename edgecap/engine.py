@@ -219,13 +219,15 @@ class Engine:
                     f"{self.n_ctx}; lower maxPixels or shorten the prompt.",
                     parameter="maxPixels" if request.image else "prompt",
                 )
-            slot, hits = self._prompts.slot_for(prompt)
+            max_tokens = min(request.sampling.max_tokens, budget)
+            # Reserve the cells generation will need too, so that other slots' caches are
+            # evicted now rather than the KV pool running out mid-caption.
+            slot, hits = self._prompts.slot_for(prompt, prompt.n_tokens + max_tokens)
             n_past = self._prompts.prefill(slot, prompt, timings, hits)
         finally:
             mtmd.mtmd_input_chunks_free(prompt.chunks)
 
         sampler = make_sampler(self._model, request.sampling, grammar)
-        max_tokens = min(request.sampling.max_tokens, budget)
         batch = llama_cpp.llama_batch_init(1, 0, 1)
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         tokens: list[int] = []

@@ -128,29 +128,34 @@ class PromptEvaluator:
             _keep=keep,
         )
 
-    def slot_for(self, prompt: Prompt) -> tuple[Slot, dict[str, bool]]:
-        """A slot whose KV cache already holds this prompt's prefix, else a fresh one."""
+    def slot_for(self, prompt: Prompt, cells: int) -> tuple[Slot, dict[str, bool]]:
+        """A slot whose KV cache already holds this prompt's prefix, else a fresh one.
+
+        ``cells`` is what the whole request will occupy (prompt + tokens to generate); other
+        slots are evicted until it fits in the shared pool.
+        """
         if prompt.prefix_key is not None:
             for slot in self._slots:
                 if slot.prefix_key == prompt.prefix_key:
                     # Drop everything after the image; keep system prompt + image.
                     llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, slot.prefix_pos, -1)
                     slot.cells = slot.prefix_cells
-                    self._make_room(slot, prompt.n_tokens)
+                    self._make_room(slot, cells - slot.prefix_cells)
                     self.counters["prefix_cache_hits"] += 1
                     return slot, {"prefix": True, "image": True}
-        return self.fresh_slot(prompt.n_tokens), {}
+        return self.fresh_slot(cells), {}
 
-    def fresh_slot(self, n_tokens: int) -> Slot:
+    def fresh_slot(self, cells: int) -> Slot:
+        """The least recently used slot, emptied, with room for ``cells`` more cells."""
         slot = min(self._slots, key=lambda s: s.last_used)
         self._clear(slot)
-        self._make_room(slot, n_tokens)
+        self._make_room(slot, cells)
         return slot
 
-    def _make_room(self, keep: Slot, n_tokens: int) -> None:
-        """Evict the least recently used other slots until ``n_tokens`` more cells fit."""
+    def _make_room(self, keep: Slot, cells: int) -> None:
+        """Evict the least recently used other slots until ``cells`` more cells fit."""
         for other in sorted(self._slots, key=lambda s: s.last_used):
-            if sum(s.cells for s in self._slots) + n_tokens <= self.n_ctx:
+            if sum(s.cells for s in self._slots) + cells <= self.n_ctx:
                 return
             if other is not keep:
                 self._clear(other)

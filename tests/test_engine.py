@@ -178,6 +178,19 @@ def test_prompt_longer_than_the_context_is_refused(
         assert eng.caption(ask(None, "Still alive?")).generated_tokens >= 1
 
 
+def test_generation_room_is_reserved_in_the_shared_kv_pool(
+    tiny_model_files: ModelFiles, tmp_path: Path
+) -> None:
+    """A cached image in another slot is evicted up front when this caption needs its cells."""
+    settings = Settings(home=tmp_path, n_ctx=512)
+    big = load_image(picture(28 * 20, 28 * 15, seed=8), settings, max_pixels=28 * 28 * 300)
+    small = load_image(picture(28 * 10, 28 * 14, seed=9), settings)
+    with Engine(tiny_model_files, settings) as eng:
+        eng.caption(ask(big, "Describe.", max_tokens=4))  # ~320 cells stay cached
+        long = eng.caption(ask(small, "Describe.", temperature=1.0, seed=3, max_tokens=150))
+    assert long.generated_tokens > 60  # more than the ~190 cells left beside the cached image
+
+
 def test_text_model_given_as_projector_is_refused(
     tiny_model_files: ModelFiles, settings: Settings
 ) -> None:
