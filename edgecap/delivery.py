@@ -14,6 +14,7 @@ timeout, a URL the network policy refuses) is retried with exponential backoff, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -71,24 +72,30 @@ def send(outgoing: Outgoing, settings: Settings) -> None:
     method, purpose = METHODS[outgoing.kind]
     try:
         checked = netguard.resolve_url(outgoing.url, settings, purpose=purpose)
-        with httpx.Client(timeout=settings.fetch_timeout_s, trust_env=False) as client:
-            response = netguard.send_pinned(
-                client,
-                checked,
-                method,
-                content=outgoing.body,
-                headers={"Content-Type": outgoing.content_type, "User-Agent": USER_AGENT},
-            )
+        # Streamed, and closed unread: only the status matters, so a receiver answering with
+        # a huge or trickling body costs neither memory nor a sender thread.
+        with (
+            httpx.Client(timeout=settings.fetch_timeout_s, trust_env=False) as client,
+            contextlib.closing(
+                netguard.send_pinned(
+                    client,
+                    checked,
+                    method,
+                    content=outgoing.body,
+                    headers={"Content-Type": outgoing.content_type, "User-Agent": USER_AGENT},
+                    stream=True,
+                )
+            ) as response,
+        ):
+            status, success = response.status_code, response.is_success
     except EdgecapError as exc:
         raise DeliveryFailed(exc.message, parameter=purpose) from exc
     except httpx.HTTPError as exc:
         raise DeliveryFailed(
             f"{method} {outgoing.url} failed: {exc or type(exc).__name__}", parameter=purpose
         ) from exc
-    if not response.is_success:
-        raise DeliveryFailed(
-            f"{method} {outgoing.url} answered HTTP {response.status_code}", parameter=purpose
-        )
+    if not success:
+        raise DeliveryFailed(f"{method} {outgoing.url} answered HTTP {status}", parameter=purpose)
 
 
 class Deliverer:

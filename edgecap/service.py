@@ -23,7 +23,7 @@ import statistics
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from edgecap.config import Settings
@@ -192,10 +192,25 @@ class TaskService:
                     self._wake.wait(PURGE_INTERVAL_S)
                     self._wake.clear()
                     continue
-                self._run(claimed)
+                self._run_or_fail(claimed)
             except Exception:  # keep serving; the task stays in the store
                 logger.exception("The task dispatcher failed; retrying in a second")
                 self._stopping.wait(1.0)
+
+    def _run_or_fail(self, claimed: ClaimedTask) -> None:
+        """Run a claimed task; if running or recording it breaks unexpectedly, fail it with
+        ``inferenceError`` rather than leave it claimed (and re-run at every restart)."""
+        try:
+            self._run(claimed)
+        except Exception as exc:
+            job = claimed.job
+            logger.exception("Task %s could not be completed; failing it", job.task_uuid)
+            failure = InferenceError(
+                f"The server could not complete this task ({type(exc).__name__}). "
+                "Send it again under a new taskUUID; if it fails again, report it."
+            )
+            # The server's default ttl, in case the task's own ttl is what broke.
+            self._finish_error(replace(job, ttl_s=None), failure)
 
     def _run(self, claimed: ClaimedTask) -> None:
         job = claimed.job
@@ -221,7 +236,7 @@ class TaskService:
     def _finish_success(self, job: CaptionJob, result: CaptionResult) -> None:
         item = result_item(
             result,
-            job.task_uuid,
+            _client_uuid(job),
             include_cost=job.include_cost,
             cost_per_second=self.settings.cost_per_second,
         )
@@ -229,7 +244,7 @@ class TaskService:
         self._finish(job, response, result=item, error=None, text=result.text)
 
     def _finish_error(self, job: CaptionJob, exc: EdgecapError) -> None:
-        error = {**exc.to_dict(), "taskType": RESULT_TASK_TYPE, "taskUUID": job.task_uuid}
+        error = {**exc.to_dict(), "taskType": RESULT_TASK_TYPE, "taskUUID": _client_uuid(job)}
         self._finish(job, {"errors": [error]}, result=None, error=error, text=None)
 
     def _finish(
@@ -261,6 +276,13 @@ class TaskService:
     def _retry_after(self, waiting: int) -> int:
         """Seconds until a queue slot is likely free: the tasks ahead at the recent pace."""
         return max(1, math.ceil((waiting + 1) * self._metrics.typical_run_seconds()))
+
+
+def _client_uuid(job: CaptionJob) -> str:
+    """The taskUUID the client sent. Results carry it, not ``job.task_uuid``: the jobs of a
+    multi-image task are stored under UUIDs derived from it, which the client never saw."""
+    sent = job.original_task.get("taskUUID")
+    return sent if isinstance(sent, str) and sent else job.task_uuid
 
 
 def _gave_up(attempts: int, crash: WorkerCrashed) -> InferenceError:

@@ -37,6 +37,7 @@ Clock = Callable[[], float]
 
 UNFINISHED = ("queued", "processing")
 TOMBSTONE_SECONDS = 30 * 24 * 3600  # how long an expired UUID still answers taskExpired
+MAX_TTL_S = 10 * 365 * 24 * 3600  # results are kept at most this long, whatever ttl asks
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -265,8 +266,10 @@ class TaskStore:
         """Record a task's outcome and queue its deliveries, in one transaction.
 
         The task's pixels are deleted unless another unfinished task uses the same image.
+        ``ttl_s`` is clamped to ``[0, MAX_TTL_S]`` (a huge ttl must not overflow the expiry).
         """
         now = self.clock()
+        expires_at = now + min(max(ttl_s, 0), MAX_TTL_S)
         with self._write() as db:
             row = db.execute(
                 "SELECT image_key FROM tasks WHERE task_uuid = ?", (task_uuid,)
@@ -280,7 +283,7 @@ class TaskStore:
                     _dumps(error),
                     json.dumps(response),
                     now,
-                    now + ttl_s,
+                    expires_at,
                     task_uuid,
                 ),
             )

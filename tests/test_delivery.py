@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -222,3 +224,31 @@ def test_pending_deliveries_survive_a_restart(
         deliverer.stop()
         after.close()
     assert [r.body for r in receiver.received] == [b"text"]
+
+
+def test_send_does_not_read_a_huge_trickling_reply_body(settings: Settings) -> None:
+    """Only the status counts: a 200 whose body is endless and slow is delivered at once."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def answer() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n")
+            with contextlib.suppress(OSError):  # the client hangs up without reading
+                while not stop.wait(0.05):
+                    conn.sendall(b"x" * 1024)
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    port = listener.getsockname()[1]
+    hook = Outgoing("webhook", f"http://127.0.0.1:{port}/hook", b"{}", "application/json")
+    try:
+        started = time.monotonic()
+        send(hook, settings)  # no DeliveryFailed: a 2xx
+        assert time.monotonic() - started < 2.0
+    finally:
+        stop.set()
+        listener.close()
+        thread.join(5)

@@ -336,3 +336,81 @@ def test_the_real_tiny_model_captions_through_the_default_engine_factory(
     assert stats["tokens"]["image"] == image.tokens
     assert 1 <= stats["tokens"]["generated"] <= 8
     assert len(stats["latency_seconds"]["encode"]) == 1
+
+
+def test_results_and_webhooks_carry_the_clients_task_uuid_not_a_derived_one(
+    make_service: Callable[..., TaskService],
+) -> None:
+    """The extra images of a multi-image task are stored under derived UUIDs; what the client
+    gets back names the taskUUID it sent."""
+    receiver = Receiver([])
+    try:
+        service = make_service()
+        sent_uuid = str(uuid.uuid4())
+        derived = str(uuid.uuid5(uuid.UUID(sent_uuid), "inputImages[1]"))
+        task = job(
+            task_uuid=derived,
+            webhook_url=receiver.url("/hook"),
+            original_task={"taskType": "caption", "taskUUID": sent_uuid, "prompt": "a cat"},
+        )
+        service.submit(task)
+        record = finished(service, task)
+        wait_for(lambda: service.stats()["deliveries"]["delivered"] == 1)
+    finally:
+        receiver.close()
+    assert record.status == "success"
+    assert record.result is not None and record.result["taskUUID"] == sent_uuid
+    assert record.response == {"data": [record.result]}
+    assert service.get(derived) == record  # still stored under its own UUID
+    (hook,) = receiver.received
+    assert json.loads(hook.body)["data"][0]["taskUUID"] == sent_uuid
+
+
+def test_an_error_carries_the_clients_task_uuid(
+    make_service: Callable[..., TaskService],
+) -> None:
+    service = make_service()
+    sent_uuid = str(uuid.uuid4())
+    task = job(
+        "invalid",
+        task_uuid=str(uuid.uuid5(uuid.UUID(sent_uuid), "inputImages[1]")),
+        original_task={"taskType": "caption", "taskUUID": sent_uuid},
+    )
+    service.submit(task)
+    record = finished(service, task)
+    assert record.error is not None and record.error["taskUUID"] == sent_uuid
+
+
+def test_a_huge_ttl_does_not_leave_the_task_processing(
+    make_service: Callable[..., TaskService],
+) -> None:
+    service = make_service()
+    task = job(ttl_s=10**400)
+    service.submit(task)
+    record = finished(service, task)
+    assert record.status == "success"
+    assert service.get(task.task_uuid) == record
+
+
+def test_a_task_whose_result_cannot_be_recorded_fails_instead_of_staying_claimed(
+    make_service: Callable[..., TaskService], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = make_service()
+    real_finish = service.store.finish
+    calls: list[str | None] = []
+
+    def finish_once_broken(task_uuid: str, **kwargs: Any) -> TaskRecord:
+        calls.append(None if kwargs["error"] is None else kwargs["error"]["code"])
+        if len(calls) == 1:
+            raise OverflowError("int too large to convert to float")
+        return real_finish(task_uuid, **kwargs)
+
+    monkeypatch.setattr(service.store, "finish", finish_once_broken)
+    task = job()
+    service.submit(task)
+    record = finished(service, task)
+    assert record.status == "error"
+    assert record.error is not None and record.error["code"] == "inferenceError"
+    assert record.error["taskUUID"] == task.task_uuid
+    assert service.get(task.task_uuid) == record
+    assert calls == [None, "inferenceError"]

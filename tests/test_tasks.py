@@ -12,6 +12,7 @@ import pytest
 from edgecap.errors import EdgecapError, NotFound
 from edgecap.records import CaptionRequest, LoadedImage, Sampling
 from edgecap.tasks import (
+    MAX_TTL_S,
     MIGRATIONS,
     TOMBSTONE_SECONDS,
     CaptionJob,
@@ -291,3 +292,14 @@ def test_store_survives_reopening(tmp_path: Path, clock: FakeClock) -> None:
     claimed = second.claim_next()
     second.close()
     assert claimed is not None and claimed.job == job
+
+
+def test_a_huge_ttl_is_clamped_instead_of_overflowing(store: TaskStore, clock: FakeClock) -> None:
+    job = make_job(ttl_s=10**400)
+    store.add(job)
+    store.claim_next()
+    record = store.finish(
+        job.task_uuid, result={}, error=None, response={"data": [{}]}, ttl_s=10**400
+    )
+    assert record.status == "success"
+    assert record.expires_at == clock.now + MAX_TTL_S
