@@ -386,6 +386,33 @@ def test_a_full_queue_is_429_with_retry_after(slow_server: LiveServer) -> None:
     assert int(refused.headers["Retry-After"]) == error["retryAfter"] >= 1
 
 
+def test_a_full_queue_is_429_before_any_image_is_fetched_or_decoded(
+    slow_server: LiveServer,
+) -> None:
+    busy = [
+        caption_task(b64(png_bytes()), prompt="sleep:2", deliveryMethod="async") for _ in range(2)
+    ]
+    assert [post(slow_server, [task]).status_code for task in busy] == [200, 200]
+    wait_for(lambda: slow_server.service.queue_depth() == 1)
+    # fetched, this image would be downloadFailed; decoded, this one invalidInputImage
+    for image in ("http://127.0.0.1:1/cat.png", "bm90IGFuIGltYWdl"):
+        refused = post(slow_server, [caption_task(image, deliveryMethod="async")])
+        error = refused.json()["errors"][0]
+        assert (refused.status_code, error["code"]) == (429, "rateLimitExceeded"), refused.text
+        assert int(refused.headers["Retry-After"]) == error["retryAfter"] >= 1
+    again = post(slow_server, [busy[1]])  # a task already queued is still answered
+    assert (again.status_code, again.json()["data"][0]["taskUUID"]) == (200, busy[1]["taskUUID"])
+
+
+def test_at_most_64_tasks_per_request(server: LiveServer) -> None:
+    pings = [{"taskType": "ping", "ping": True}] * 64
+    assert len(post(server, pings).json()["data"]) == 64
+    refused = post(server, [*pings, pings[0]])
+    error = refused.json()["errors"][0]
+    assert (refused.status_code, error["code"], error["max"]) == (400, "invalidParameter", 64)
+    assert "at most 64" in error["message"]
+
+
 def test_results_expire_after_their_ttl(tmp_path: Path) -> None:
     settings = api_settings(tmp_path / "home")
     clock = FakeClock()
@@ -432,11 +459,29 @@ def test_api_keys_by_bearer_header_or_authentication_task(keyed_server: LiveServ
     assert (failed.status_code, failed.json()["errors"][0]["code"]) == (400, "invalidInputImage")
 
 
+def test_a_wrong_bearer_key_is_401_before_the_body_is_read(keyed_server: LiveServer) -> None:
+    wrong = {"Authorization": "Bearer wrong"}
+    for body in (b"[{not json", b"[" + b"{}," * 100 + b"{}]"):
+        answer = httpx.post(keyed_server.url, content=body, headers=wrong, timeout=30)
+        assert answer.status_code == 401
+        assert answer.json() == {
+            "errors": [
+                {
+                    "code": "invalidApiKey",
+                    "message": answer.json()["errors"][0]["message"],
+                    "parameter": "apiKey",
+                }
+            ]
+        }
+    auth = {"taskType": "authentication", "apiKey": "key-one"}  # 64 tasks after it are fine
+    many = post(keyed_server, [auth, *[{"taskType": "ping", "ping": True}] * 64])
+    assert (many.status_code, len(many.json()["data"])) == (200, 64)
+
+
 @pytest.mark.parametrize(
     ("headers", "first", "code"),
     [
         ({}, [], "missingApiKey"),
-        ({"Authorization": "Bearer wrong"}, [], "invalidApiKey"),
         ({"Authorization": "Basic a2V5LW9uZQ=="}, [], "missingApiKey"),
         ({}, [{"taskType": "authentication", "apiKey": "wrong"}], "invalidApiKey"),
     ],

@@ -144,26 +144,63 @@ def test_one_frame_per_item_and_errors_in_their_own_frames(server: LiveServer) -
     )
 
 
-def test_tasks_before_authentication_are_refused_with_their_uuid(server: LiveServer) -> None:
+def test_tasks_before_authentication_are_refused_then_the_socket_closed_1008(
+    server: LiveServer,
+) -> None:
     task = caption("Early.")
 
-    async def scenario(client: Client) -> list[dict[str, Any]]:
-        await client.send(task)
-        early = await client.frame()
-        await client.send({"taskType": "authentication", "apiKey": "wrong"})
-        wrong = await client.frame()
-        await client.login()  # the connection stays usable
-        await client.send(task)
-        return [early, wrong, await client.frame()]
+    async def refused(*tasks: Any) -> tuple[dict[str, Any], int | None]:
+        async with websockets.connect(server.ws_url) as socket:
+            client = Client(socket)
+            await client.send(*tasks)
+            frame = await client.frame()
+            with pytest.raises(websockets.ConnectionClosed):
+                await asyncio.wait_for(socket.recv(), FRAME_TIMEOUT_S)
+            return frame, socket.close_code
 
-    early, wrong, late = run(server, scenario)
+    async def scenario(client: Client) -> dict[str, Any]:
+        await client.login()
+        await client.send(task)
+        return await client.frame()
+
+    early, early_close = asyncio.run(refused(task))
     assert early["errors"][0]["code"] == "missingApiKey"
     assert early["errors"][0]["taskUUID"] == task["taskUUID"]
+    assert early_close == 1008
+    wrong, wrong_close = asyncio.run(refused({"taskType": "authentication", "apiKey": "wrong"}))
     assert (wrong["errors"][0]["code"], wrong["errors"][0]["taskType"]) == (
         "invalidApiKey",
         "authentication",
     )
-    assert late == success(task, "default saw Early.")
+    assert wrong_close == 1008
+    assert run(server, scenario) == success(task, "default saw Early.")
+
+
+def test_a_refused_key_after_login_keeps_the_connection(server: LiveServer) -> None:
+    async def scenario(client: Client) -> list[dict[str, Any]]:
+        await client.login()
+        await client.send({"taskType": "authentication", "apiKey": "wrong"})
+        wrong = await client.frame()
+        await client.send({"taskType": "ping", "ping": True})
+        return [wrong, await client.frame()]
+
+    wrong, pong = run(server, scenario)
+    assert wrong["errors"][0]["code"] == "invalidApiKey"
+    assert pong == {"data": [{"taskType": "ping", "pong": True}]}
+
+
+def test_at_most_64_tasks_per_message(server: LiveServer) -> None:
+    async def scenario(client: Client) -> list[dict[str, Any]]:
+        await client.login()
+        await client.send(*[{"taskType": "ping", "ping": True}] * 65)
+        refused = await client.frame()
+        await client.send(*[{"taskType": "ping", "ping": True}] * 64)
+        return [refused, *await client.frames(64)]
+
+    refused, *pongs = run(server, scenario)
+    error = refused["errors"][0]
+    assert (error["code"], error["max"]) == ("invalidParameter", 64)
+    assert pongs == [{"data": [{"taskType": "ping", "pong": True}]}] * 64
 
 
 def test_a_malformed_message_gets_an_error_frame_and_the_connection_goes_on(

@@ -12,6 +12,7 @@ from edgecap.errors import PayloadTooLarge
 from edgecap.server.errors import BadRequestBody
 
 THREADPOOL_JSON_BYTES = 256 * 1024  # parse larger bodies off the event loop
+MAX_TASKS_PER_REQUEST = 64  # tasks in one REST body or WebSocket message (besides authentication)
 
 
 def too_large(limit: int) -> PayloadTooLarge:
@@ -53,6 +54,15 @@ async def parse_body(body: bytes | str) -> list[Any]:
     if not parsed:
         raise BadRequestBody(
             "The body is an empty array: send at least one task object.", parameter="body"
+        )
+    leading_auth = isinstance(parsed[0], dict) and parsed[0].get("taskType") == "authentication"
+    if len(parsed) - leading_auth > MAX_TASKS_PER_REQUEST:
+        raise BadRequestBody(
+            f"The body holds {len(parsed) - leading_auth} tasks; at most "
+            f"{MAX_TASKS_PER_REQUEST} are allowed in one request or message. Split them over "
+            "several requests.",
+            parameter="body",
+            max=MAX_TASKS_PER_REQUEST,
         )
     return parsed
 

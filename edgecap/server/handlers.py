@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from starlette.concurrency import run_in_threadpool
 
 from edgecap.config import Settings
-from edgecap.errors import EdgecapError, InvalidParameter, NotFound
+from edgecap.errors import EdgecapError, InvalidParameter, NotFound, RateLimited
 from edgecap.registry import Registry
 from edgecap.results import RESULT_TASK_TYPE
 from edgecap.server.auth import ApiKeys
@@ -43,6 +43,10 @@ from edgecap.server.schema import (
 from edgecap.server.uploads import UploadStore
 from edgecap.service import TaskConflict, TaskRecord, TaskService
 
+# Caption tasks (REST and WebSocket together) fetching, decoding and queueing images at once;
+# more wait their turn, so a flood of tasks cannot fill the thread pool or the memory.
+MAX_CONCURRENT_CAPTIONS = 16
+
 
 @dataclass(frozen=True)
 class Context:
@@ -54,6 +58,9 @@ class Context:
     uploads: UploadStore
     metrics: Metrics
     keys: ApiKeys
+    caption_slots: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(MAX_CONCURRENT_CAPTIONS)
+    )
 
     @property
     def job_inputs(self) -> JobInputs:
@@ -125,7 +132,8 @@ def task_identity(raw: Any) -> tuple[str | None, str | None]:
 async def caption(raw: dict[str, Any], ctx: Context, caller: Caller) -> Reply:
     """Queue one job per image; answer at once (async) or once finished (sync)."""
     task = parse_task(CaptionTask, raw)
-    records = await run_in_threadpool(_submit_caption, task, raw, ctx)
+    async with ctx.caption_slots:
+        records = await run_in_threadpool(_submit_caption, task, raw, ctx)
     if task.delivery_method == "async":
         return render_records(records, task.task_uuid)
     timeout = ctx.settings.sync_timeout_s
@@ -142,11 +150,27 @@ def _submit_caption(task: CaptionTask, raw: dict[str, Any], ctx: Context) -> lis
     records = _resent_records(ctx.service, uuids, fingerprint(storable_task(raw)))
     if records is not None:
         return records
+    _refuse_if_queue_full(ctx)  # before fetching and decoding images for nothing
     jobs = make_jobs(task, raw, ctx.job_inputs)
     for job in jobs:
         if job.request.image is not None:
             ctx.metrics.observe_image_load(job.request.image.load_seconds)
     return [ctx.service.submit(job) for job in jobs]
+
+
+def _refuse_if_queue_full(ctx: Context) -> None:
+    """RateLimited (429, retryAfter) when the queue is already full: a cheap early check.
+
+    ``TaskService.submit`` checks again, atomically, when the jobs are queued.
+    """
+    waiting = ctx.service.queue_depth()
+    if waiting >= ctx.settings.queue_size:
+        retry_after = ctx.service._retry_after(waiting)
+        raise RateLimited(
+            f"The queue is full ({waiting} tasks waiting). Retry in about {retry_after} s, "
+            "or raise queue_size (EDGECAP_QUEUE_SIZE).",
+            retry_after=retry_after,
+        )
 
 
 def _resent_records(

@@ -1,7 +1,9 @@
 """The HTTP routes: ``POST /v1`` (and ``/``) for task arrays, uploaded images, health, metrics.
 
-A request body goes: size limit (413) → JSON → task array (a single object is accepted too) →
-API key (``Authorization: Bearer`` or a first ``authentication`` element) → the handlers.
+A request goes: a bearer key, if the ``Authorization: Bearer`` header carries one, is checked
+before the body is read (401) → size limit (413) → JSON → task array (a single object is
+accepted too, at most 64 tasks) → API key (the bearer key, or a first ``authentication``
+element) → the handlers.
 """
 
 from __future__ import annotations
@@ -77,13 +79,18 @@ def make_router(ctx: Context) -> APIRouter:
 
 async def answer(request: Request, ctx: Context) -> Reply:
     """The reply to one POSTed body."""
+    key = bearer_key(request.headers.get("authorization"))
+    if key is not None and ctx.keys.required:
+        try:  # a wrong bearer key is refused before the body is read, let alone parsed
+            ctx.keys.check(key)
+        except AuthError as exc:
+            return Reply.of_error(exc, task_type=None, task_uuid=None)
     try:
         body = await read_body(request, ctx.settings.max_body_bytes)
         tasks = await parse_body(body)
     except EdgecapError as exc:
         return Reply.of_error(exc, task_type=None, task_uuid=None)
     everything = tasks
-    key = bearer_key(request.headers.get("authorization"))
     if isinstance(tasks[0], dict) and tasks[0].get("taskType") == "authentication":
         try:
             key = parse_task(AuthenticationTask, tasks[0]).api_key

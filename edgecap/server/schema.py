@@ -46,6 +46,9 @@ from edgecap.server.errors import status_of
 MAX_PROMPT_CHARS = 20_000
 MAX_INPUT_IMAGES = 8
 MAX_URL_CHARS = 2048
+MAX_TTL_S = 365 * 24 * 3600  # a year: results are not an archive
+MAX_JSON_SCHEMA_DEPTH = 32  # nesting of objects and arrays in jsonSchema
+MAX_JSON_SCHEMA_BYTES = 64 * 1024  # jsonSchema serialized as JSON
 UUID_V4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", re.I)
 CAPTION_TASK_TYPES = ("caption", "imageCaption")
 
@@ -115,7 +118,9 @@ class CaptionTask(_Task):
     delivery_method: Literal["sync", "async"] = "sync"
     webhook_url: WebURL | None = Field(None, alias="webhookURL")
     upload_endpoint: WebURL | None = None
-    ttl: int | None = Field(None, ge=60, description="Seconds the result stays retrievable")
+    ttl: int | None = Field(
+        None, ge=60, le=MAX_TTL_S, description="Seconds the result stays retrievable"
+    )
     output_type: Literal["URL", "base64Data", "dataURI"] | None = None
     output_format: Literal["JPG", "PNG", "WEBP"] | None = None
     output_quality: int = Field(95, ge=20, le=99)
@@ -165,14 +170,7 @@ class CaptionTask(_Task):
                 {"parameter": "responseFormat"},
             )
         if self.json_schema is not None:
-            try:
-                jsonschema.validators.validator_for(self.json_schema).check_schema(self.json_schema)
-            except jsonschema.SchemaError as exc:
-                raise PydanticCustomError(
-                    "invalidParameter",
-                    "jsonSchema is not a valid JSON schema: {problem}.",
-                    {"problem": exc.message, "parameter": "jsonSchema"},
-                ) from None
+            _check_json_schema(self.json_schema)
         return self
 
     def image_sources(self) -> list[str]:
@@ -185,6 +183,54 @@ class CaptionTask(_Task):
 
     def instruction(self) -> str | None:
         return self.prompt if self.prompt is not None else self.template
+
+
+def _nesting_depth(value: Any, limit: int) -> int:
+    """How deeply objects and arrays nest in ``value`` (iterative; stops past ``limit``)."""
+    deepest = 0
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                return deepest
+            children = item.values() if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _check_json_schema(schema: dict[str, Any]) -> None:
+    """A bounded, valid JSON schema, or invalidParameter naming jsonSchema."""
+    if _nesting_depth(schema, MAX_JSON_SCHEMA_DEPTH) > MAX_JSON_SCHEMA_DEPTH:
+        raise PydanticCustomError(
+            "invalidParameter",
+            "jsonSchema nests objects and arrays more than {limit} levels deep; "
+            "flatten it or use $defs and $ref.",
+            {"limit": MAX_JSON_SCHEMA_DEPTH, "parameter": "jsonSchema"},
+        )
+    size = len(json.dumps(schema, ensure_ascii=False, default=str).encode())
+    if size > MAX_JSON_SCHEMA_BYTES:
+        raise PydanticCustomError(
+            "invalidParameter",
+            "jsonSchema is {size} bytes as JSON, more than the {limit} allowed; "
+            "send a smaller schema.",
+            {"size": size, "limit": MAX_JSON_SCHEMA_BYTES, "parameter": "jsonSchema"},
+        )
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise PydanticCustomError(
+            "invalidParameter",
+            "jsonSchema is not a valid JSON schema: {problem}.",
+            {"problem": exc.message, "parameter": "jsonSchema"},
+        ) from None
+    except RecursionError:  # $ref cycles and the like: refuse, do not crash
+        raise PydanticCustomError(
+            "invalidParameter",
+            "jsonSchema is too complex to check (it recurses too deeply); simplify it.",
+            {"parameter": "jsonSchema"},
+        ) from None
 
 
 class ImageUploadTask(_Task):

@@ -1,7 +1,9 @@
 """The WebSocket at ``/v1``: the same tasks as REST, answered one frame per result.
 
 A connection starts with an ``authentication`` message (required when the server has API keys)
-and gets a ``connectionSessionUUID``. Tasks run concurrently; every result item is sent as its
+and gets a ``connectionSessionUUID``; a connection that is not yet authenticated and sends
+tasks without authentication, or a refused key, gets the error frames and is closed with code
+1008. Tasks run concurrently; every result item is sent as its
 own ``{"data": [item]}`` frame and every error as its own ``{"errors": [error]}`` frame.
 
 Sessions outlive connections: a task still running when its connection drops sends its result
@@ -30,6 +32,7 @@ from edgecap.server.handlers import Caller, Context, run_task, task_identity
 from edgecap.server.schema import AuthenticationTask, parse_task
 
 SESSION_TTL_S = 3600.0
+POLICY_VIOLATION = 1008  # close code for a connection refused for missing or invalid auth
 OUTBOX_FRAMES = 1000  # frames kept for a disconnected session; the oldest are dropped first
 
 
@@ -135,33 +138,43 @@ class Connection:
                 message = await self.socket.receive()
                 if message["type"] == "websocket.disconnect":
                     break
-                await self.on_message(message.get("text") or message.get("bytes") or b"")
+                refused = await self.on_message(message.get("text") or message.get("bytes") or b"")
+                if refused and self.session is None:
+                    # an unauthenticated client was refused: say so, then hang up
+                    with contextlib.suppress(*SEND_ERRORS):
+                        await self.socket.close(code=POLICY_VIOLATION, reason="authentication")
+                    break
         except WebSocketDisconnect:
             pass
         finally:
             if self.session is not None:
                 self.session.detach(self.writer)  # running tasks now fill its outbox
 
-    async def on_message(self, data: str | bytes) -> None:
+    async def on_message(self, data: str | bytes) -> bool:
+        """Handle one message; True if authentication was missing or failed in it."""
         try:
             if len(data) > self.ctx.settings.max_body_bytes:
                 raise too_large(self.ctx.settings.max_body_bytes)
             tasks = await parse_body(data)
         except EdgecapError as exc:
             await self.send_now(Reply.of_error(exc, task_type=None, task_uuid=None))
-            return
+            return False
+        refused = False
         for raw in tasks:
             if isinstance(raw, dict) and raw.get("taskType") == "authentication":
-                await self.authenticate(raw)
+                refused = not await self.authenticate(raw) or refused
             elif self.session is None and self.ctx.keys.required:
                 await self.refuse(raw)
+                refused = True
             else:
                 session = self.session or await self.anonymous_session()
                 runner = asyncio.create_task(self.run(raw, session))
                 self.running.add(runner)
                 runner.add_done_callback(self.running.discard)
+        return refused
 
-    async def authenticate(self, raw: dict[str, Any]) -> None:
+    async def authenticate(self, raw: dict[str, Any]) -> bool:
+        """Open or resume the session; False (after an error frame) if the key is refused."""
         task_uuid = task_identity(raw)[1]
         try:
             task = parse_task(AuthenticationTask, raw)
@@ -170,7 +183,7 @@ class Connection:
             await self.send_now(
                 Reply.of_error(exc, task_type="authentication", task_uuid=task_uuid)
             )
-            return
+            return False
         session = self.sessions.open(
             self.ctx.keys.identity(task.api_key), task.connection_session_uuid
         )
@@ -181,6 +194,7 @@ class Connection:
         if task_uuid is not None:
             item["taskUUID"] = task_uuid
         await session.attach(self.writer, {"data": [item]})
+        return True
 
     async def anonymous_session(self) -> WsSession:
         """Without API keys, tasks may come before (or without) an authentication message."""
