@@ -128,7 +128,7 @@ class TaskService:
                 return self.store.get(job.task_uuid)
             waiting = self.store.count("queued")
             if waiting >= self.settings.queue_size:
-                retry_after = self._retry_after(waiting)
+                retry_after = self.retry_after(waiting)
                 raise RateLimited(
                     f"The queue is full ({waiting} tasks waiting). Retry in about "
                     f"{retry_after} s, or raise queue_size (EDGECAP_QUEUE_SIZE).",
@@ -273,7 +273,7 @@ class TaskService:
             self._next_purge = now + PURGE_INTERVAL_S
             self.purge_expired()
 
-    def _retry_after(self, waiting: int) -> int:
+    def retry_after(self, waiting: int) -> int:
         """Seconds until a queue slot is likely free: the tasks ahead at the recent pace."""
         return max(1, math.ceil((waiting + 1) * self._metrics.typical_run_seconds()))
 

@@ -165,7 +165,7 @@ def _refuse_if_queue_full(ctx: Context) -> None:
     """
     waiting = ctx.service.queue_depth()
     if waiting >= ctx.settings.queue_size:
-        retry_after = ctx.service._retry_after(waiting)
+        retry_after = ctx.service.retry_after(waiting)
         raise RateLimited(
             f"The queue is full ({waiting} tasks waiting). Retry in about {retry_after} s, "
             "or raise queue_size (EDGECAP_QUEUE_SIZE).",
