@@ -26,13 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edgecap {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in SUBCOMMANDS:
-        try:
-            module = importlib.import_module(f"edgecap.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"edgecap.cli.{name}":
-                raise
-            continue  # subcommand not built yet
-        module.add_parser(subparsers)
+        importlib.import_module(f"edgecap.cli.{name}").add_parser(subparsers)
     return parser
 
 
