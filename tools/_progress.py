@@ -4,13 +4,14 @@ output files that appear whole or not at all."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from tqdm import tqdm
 
-from edgecap.errors import ConversionError
+from edgecap.errors import ConversionError, EdgecapError
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -63,3 +64,22 @@ def staged_outputs(paths: Sequence[Path], force: bool) -> Iterator[list[Path]]:
     finally:
         for partial in partials:
             partial.unlink(missing_ok=True)
+
+
+def run_tool(work: Callable[[], Sequence[Path]]) -> int:
+    """A tool's ``main``: run ``work``, print the files it wrote; errors become a message and an
+    exit code (2 bad input, 1 I/O, 130 interrupted), never a traceback."""
+    try:
+        written = work()
+    except EdgecapError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; no output file was written", file=sys.stderr)
+        return 130
+    for path in written:
+        print(path)
+    return 0

@@ -35,7 +35,7 @@ from tqdm import tqdm
 if __spec__ is None:  # run as a script: make edgecap and tools importable from the source tree
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edgecap.errors import ConversionError, EdgecapError
+from edgecap.errors import ConversionError
 from edgecap.gguf_check import mmproj_tensor_names, text_tensor_names
 from tools._checkpoint import (
     ModelConfig,
@@ -44,7 +44,7 @@ from tools._checkpoint import (
     load_config,
     read_json,
 )
-from tools._progress import progress_bar, staged_outputs
+from tools._progress import progress_bar, run_tool, staged_outputs
 
 # Values are read and converted in blocks of at most this many (64 MB as float32).
 CHUNK_VALUES = 1 << 24
@@ -428,20 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        text, mmproj = convert(**vars(args))
-    except EdgecapError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; no output file was written", file=sys.stderr)
-        return 130
-    print(text)
-    print(mmproj)
-    return 0
+    return run_tool(lambda: convert(**vars(args)))
 
 
 if __name__ == "__main__":

@@ -28,9 +28,9 @@ from pathlib import Path
 if __spec__ is None:  # run as a script: make edgecap and tools importable from the source tree
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edgecap.errors import ConversionError, EdgecapError, ModelError
+from edgecap.errors import ConversionError, ModelError
 from edgecap.gguf_check import MMPROJ_ARCH, check_mmproj, check_text_model, read_header
-from tools._progress import progress_bar, staged_outputs
+from tools._progress import progress_bar, run_tool, staged_outputs
 
 
 @dataclass(frozen=True)
@@ -223,19 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        dst = quantize(**vars(args))
-    except EdgecapError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; no output file was written", file=sys.stderr)
-        return 130
-    print(dst)
-    return 0
+    return run_tool(lambda: [quantize(**vars(args))])
 
 
 if __name__ == "__main__":
