@@ -31,8 +31,8 @@ from edgecap.config import Settings
 from edgecap.records import ModelFiles
 from edgecap.registry import Catalog, Registry, load_catalog
 from edgecap.server import create_app
-from edgecap.service import TaskService
-from edgecap.worker import EngineFactory
+from edgecap.runtime.service import TaskService
+from edgecap.runtime.worker import EngineFactory
 
 TINY_ID = "edgecap-tiny-random"
 SEVEN_B_NAMES = ("runware:152@2", "alibaba-qwen2-5-vl-7b-instruct")

@@ -19,7 +19,7 @@ from safetensors.numpy import save_file
 
 import tools.convert
 from edgecap.errors import ConversionError
-from edgecap.gguf_check import (
+from edgecap.engine.gguf_check import (
     check_mmproj,
     check_pair,
     check_text_model,

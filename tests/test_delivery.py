@@ -16,7 +16,7 @@ import pytest
 from test_tasks import make_job
 
 from edgecap.config import Settings
-from edgecap.delivery import (
+from edgecap.runtime.delivery import (
     BACKOFF_CAP_S,
     Deliverer,
     DeliveryFailed,
@@ -24,7 +24,7 @@ from edgecap.delivery import (
     outgoing_for,
     send,
 )
-from edgecap.tasks import Outgoing, TaskStore
+from edgecap.runtime.tasks import Outgoing, TaskStore
 
 WAIT_S = 30.0
 

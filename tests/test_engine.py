@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 from edgecap.config import Settings
-from edgecap.engine import Engine
+from edgecap.engine.engine import Engine
 from edgecap.errors import ContextOverflow, ModelError
-from edgecap.images import load_image
+from edgecap.inputs.images import load_image
 from edgecap.records import (
     CaptionRequest,
     CaptionResult,
@@ -25,7 +25,7 @@ from edgecap.records import (
     Sampling,
     TokenPiece,
 )
-from edgecap.sampling import LoopGuard
+from edgecap.engine.sampling import LoopGuard
 
 
 def picture(width: int, height: int, seed: int) -> bytes:

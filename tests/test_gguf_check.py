@@ -1,4 +1,4 @@
-"""edgecap.gguf_check: the header reader (against the gguf package's reader), and each check on
+"""edgecap.engine.gguf_check: the header reader (against the gguf package's reader), and each check on
 small synthetic GGUF files with one thing wrong, plus truncated and foreign files."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from gguf import GGUFReader, GGUFValueType, GGUFWriter
 
 from edgecap.errors import ModelError
-from edgecap.gguf_check import (
+from edgecap.engine.gguf_check import (
     check_mmproj,
     check_pair,
     check_text_model,

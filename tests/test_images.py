@@ -23,7 +23,7 @@ from PIL import Image, features
 
 from edgecap.config import PIXELS_PER_TOKEN, Settings
 from edgecap.errors import DownloadFailed, InvalidInputImage
-from edgecap.images import load_image, pixel_budget, smart_resize, supported_formats
+from edgecap.inputs.images import load_image, pixel_budget, smart_resize, supported_formats
 from edgecap.records import LoadedImage
 
 TOKENS = PIXELS_PER_TOKEN  # pixels per image token, for readable budgets below

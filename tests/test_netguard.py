@@ -14,7 +14,7 @@ import pytest
 
 from edgecap.config import Settings
 from edgecap.errors import DownloadFailed
-from edgecap.netguard import check_url, fetch, resolve_url
+from edgecap.inputs.netguard import check_url, fetch, resolve_url
 
 PNG_BYTES = b"\x89PNG\r\n\x1a\n" + b"\x00" * 100  # content is not inspected here
 

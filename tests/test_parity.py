@@ -14,8 +14,8 @@ from pictures import png_bytes, synthetic_photo
 from PIL import Image
 
 from edgecap.config import Settings
-from edgecap.engine import Engine
-from edgecap.images import load_image
+from edgecap.engine.engine import Engine
+from edgecap.inputs.images import load_image
 from edgecap.records import CaptionRequest, ModelFiles, Sampling
 
 torch = pytest.importorskip("torch", reason="the reference needs torch (make test installs it)")

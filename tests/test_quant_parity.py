@@ -11,7 +11,7 @@ Native crash: on CPUs with AMX (Sapphire Rapids and later) llama.cpp repacks Q8_
 weights into its AMX buffer, and in this build ``ggml_backend_amx_mul_mat`` crashes the process
 (SIGSEGV at ``ldtilecfg``) on any prefill of two or more tokens; see llama.cpp#20824 and the
 open fix ggml-org/llama.cpp#26954. The engine therefore turns llama.cpp's extra CPU buffer types
-off on AMX CPUs (``edgecap.engine.use_extra_buffers``);
+off on AMX CPUs (``edgecap.engine.engine.use_extra_buffers``);
 ``test_quantized_text_model_survives_a_prefill`` runs the engine as shipped in a child process,
 so a regression fails that test instead of taking pytest down.
 """
@@ -29,8 +29,8 @@ import pytest
 from pictures import png_bytes, synthetic_photo
 
 from edgecap.config import Settings
-from edgecap.engine import Engine
-from edgecap.images import load_image
+from edgecap.engine.engine import Engine
+from edgecap.inputs.images import load_image
 from edgecap.records import CaptionRequest, ModelFiles, Sampling
 from tools.quantize import quantize
 
@@ -92,7 +92,7 @@ PROBE = """
 import sys
 from pathlib import Path
 from edgecap.config import Settings
-from edgecap.engine import Engine
+from edgecap.engine.engine import Engine
 from edgecap.records import CaptionRequest, ModelFiles
 text, mmproj, home = (Path(arg) for arg in sys.argv[1:4])
 with Engine(ModelFiles("probe", text, mmproj), Settings(home=home, image_cache_entries=0)) as e:

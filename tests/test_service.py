@@ -19,11 +19,11 @@ from test_worker import ScriptedEngineFactory
 import edgecap
 from edgecap.config import Settings
 from edgecap.errors import NotFound, RateLimited
-from edgecap.images import load_image
+from edgecap.inputs.images import load_image
 from edgecap.records import CaptionRequest, CaptionResult, ModelFiles, Sampling
 from edgecap.registry import Registry
-from edgecap.results import cost_of
-from edgecap.service import (
+from edgecap.protocol import cost_of
+from edgecap.runtime.service import (
     MAX_ATTEMPTS,
     CaptionJob,
     TaskConflict,

@@ -11,7 +11,7 @@ import pytest
 
 from edgecap.errors import EdgecapError, NotFound
 from edgecap.records import CaptionRequest, LoadedImage, Sampling
-from edgecap.tasks import (
+from edgecap.runtime.tasks import (
     MAX_TTL_S,
     MIGRATIONS,
     TOMBSTONE_SECONDS,

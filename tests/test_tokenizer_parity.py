@@ -25,7 +25,7 @@ import pytest
 from llama_cpp._internals import LlamaModel
 
 from edgecap.config import Settings
-from edgecap.engine import Engine
+from edgecap.engine.engine import Engine
 from edgecap.records import ModelFiles
 from tools.make_tiny_model import bytes_to_unicode
 

@@ -19,7 +19,7 @@ import pytest
 
 from edgecap.errors import EdgecapError, UnknownModel
 from edgecap.records import CaptionRequest, CaptionResult
-from edgecap.worker import (
+from edgecap.runtime.worker import (
     Worker,
     WorkerCrashed,
     WorkerStopped,
@@ -31,7 +31,7 @@ READY_WAIT_S = 60.0  # generous: spawning a Python child on a busy 2-core CI box
 
 
 class ScriptedEngine:
-    """Duck of edgecap.engine.Engine. The prompt picks the behaviour:
+    """Duck of edgecap.engine.engine.Engine. The prompt picks the behaviour:
 
     ``abort`` calls os.abort(); ``abort-once:<path>`` aborts unless <path> exists (and creates
     it); ``invalid`` raises an EdgecapError; ``bug`` raises a plain exception; ``sleep:<s>``

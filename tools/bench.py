@@ -21,8 +21,8 @@ import numpy as np
 from PIL import Image
 
 from edgecap.config import Settings
-from edgecap.engine import Engine
-from edgecap.images import load_image
+from edgecap.engine.engine import Engine
+from edgecap.inputs.images import load_image
 from edgecap.records import CaptionRequest, ModelFiles, Sampling
 from tools.convert import convert
 from tools.make_tiny_model import make_checkpoint

@@ -36,7 +36,7 @@ if __spec__ is None:  # run as a script: make edgecap and tools importable from 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edgecap.errors import ConversionError
-from edgecap.gguf_check import mmproj_tensor_names, text_tensor_names
+from edgecap.engine.gguf_check import mmproj_tensor_names, text_tensor_names
 from tools._checkpoint import (
     ModelConfig,
     StoredTensor,

@@ -23,16 +23,16 @@ from edgecap.batch.outputs import JOURNAL_NAME, LineFile, write_atomic
 from edgecap.batch.sources import ImageItem
 from edgecap.config import Settings
 from edgecap.errors import EdgecapError, InvalidParameter
-from edgecap.images import load_image, pixel_budget
+from edgecap.inputs.images import load_image, pixel_budget
 from edgecap.records import CaptionRequest, CaptionResult, LoadedImage, TokenPiece
 from edgecap.registry.digests import sha256_file
-from edgecap.results import result_item
+from edgecap.protocol import result_item
 
 DONE_BEFORE = "done in an earlier run"
 
 
 class StreamingEngine(Protocol):
-    """The part of :class:`edgecap.engine.Engine` a run uses."""
+    """The part of :class:`edgecap.engine.engine.Engine` a run uses."""
 
     model_id: str
 

@@ -38,14 +38,14 @@ from edgecap.registry import Registry
 
 
 class ClosableEngine(StreamingEngine, Protocol):
-    """What the command needs of :class:`edgecap.engine.Engine`."""
+    """What the command needs of :class:`edgecap.engine.engine.Engine`."""
 
     def close(self) -> None: ...
 
 
 def open_engine(model: ModelFiles, settings: Settings) -> ClosableEngine:
     """Load ``model`` into a llama.cpp engine (the one place the CLI builds an engine)."""
-    from edgecap.engine import Engine as LlamaEngine  # loads llama.cpp: only when captioning
+    from edgecap.engine.engine import Engine as LlamaEngine  # loads llama.cpp: only when captioning
 
     return LlamaEngine(model, settings)
 

@@ -23,7 +23,7 @@ from edgecap.cli.demo import DEMO_MODEL, caption_sample
 from edgecap.cli.render import to_json
 from edgecap.config import Settings, load_settings
 from edgecap.errors import EdgecapError, ModelNotReady
-from edgecap.hardware import physical_cores
+from edgecap.engine.hardware import physical_cores
 from edgecap.registry import Registry
 
 Status = Literal["ok", "warn", "fail", "skip"]
@@ -152,8 +152,8 @@ def check_versions() -> Check:
 
 
 def check_backend(settings: Settings) -> Check:
-    from edgecap.engine import use_extra_buffers
-    from edgecap.hardware import detect_backend
+    from edgecap.engine.engine import use_extra_buffers
+    from edgecap.engine.hardware import detect_backend
 
     backend = detect_backend()
     devices = ggml_devices()

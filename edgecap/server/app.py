@@ -31,7 +31,7 @@ from edgecap.server.routes import make_router
 from edgecap.server.schema import TASK_MODELS
 from edgecap.server.uploads import UploadStore
 from edgecap.server.ws import Connection, Sessions
-from edgecap.service import TaskService
+from edgecap.runtime.service import TaskService
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from edgecap.config import Settings
 from edgecap.registry import Registry
 from edgecap.server.app import create_app
 from edgecap.server.auth import ApiKeys, check_bind
-from edgecap.service import TaskService
+from edgecap.runtime.service import TaskService
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from edgecap import images
+from edgecap.inputs import images
 from edgecap.config import Settings
 from edgecap.errors import EdgecapError, InvalidInputImage
 from edgecap.server.errors import MediaNotFound

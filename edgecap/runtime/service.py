@@ -2,9 +2,9 @@
 
 The server validates a task, loads its image and hands a :class:`CaptionJob` to
 :meth:`TaskService.submit`, which stores it durably and returns at once. A dispatcher thread
-takes queued tasks in order and runs each in the engine process (:mod:`edgecap.worker`),
-records the result in the store (:mod:`edgecap.tasks`), queues its webhook/upload deliveries
-(:mod:`edgecap.delivery`) and wakes whoever awaits :meth:`TaskService.wait`.
+takes queued tasks in order and runs each in the engine process (:mod:`edgecap.runtime.worker`),
+records the result in the store (:mod:`edgecap.runtime.tasks`), queues its webhook/upload deliveries
+(:mod:`edgecap.runtime.delivery`) and wakes whoever awaits :meth:`TaskService.wait`.
 
 A task runs at most :data:`MAX_ATTEMPTS` times: a crash of the engine process, or of the whole
 server, during a task uses one attempt; after the last one the task fails with
@@ -27,18 +27,18 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from edgecap.config import Settings
-from edgecap.delivery import Deliverer, outgoing_for
+from edgecap.runtime.delivery import Deliverer, outgoing_for
 from edgecap.errors import EdgecapError, InferenceError, RateLimited, TaskConflict, TaskExpired
 from edgecap.records import CaptionResult
-from edgecap.results import RESULT_TASK_TYPE, result_item
-from edgecap.tasks import (
+from edgecap.protocol import RESULT_TASK_TYPE, result_item
+from edgecap.runtime.tasks import (
     CaptionJob,
     ClaimedTask,
     Clock,
     TaskRecord,
     TaskStore,
 )
-from edgecap.worker import (
+from edgecap.runtime.worker import (
     DefaultEngineFactory,
     EngineFactory,
     Worker,

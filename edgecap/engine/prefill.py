@@ -20,8 +20,8 @@ import llama_cpp
 import llama_cpp.mtmd_cpp as mtmd
 import numpy as np
 
-from edgecap import llama_log
-from edgecap.cache import EmbeddingCache, EmbeddingKey
+from edgecap.engine import llama_log
+from edgecap.engine.cache import EmbeddingCache, EmbeddingKey
 from edgecap.errors import InferenceError
 from edgecap.records import LoadedImage
 

@@ -37,7 +37,7 @@ STOP_GRACE_S = 5.0
 
 
 class CaptionEngine(Protocol):
-    """The part of :class:`edgecap.engine.Engine` the worker uses."""
+    """The part of :class:`edgecap.engine.engine.Engine` the worker uses."""
 
     def caption(self, request: CaptionRequest) -> CaptionResult: ...
 
@@ -55,7 +55,7 @@ class DefaultEngineFactory:
 
     def __call__(self, model: str | None) -> CaptionEngine:
         # Imported here so that only the child process loads llama.cpp.
-        from edgecap.engine import Engine
+        from edgecap.engine.engine import Engine
         from edgecap.registry import Registry
 
         return Engine(Registry(self.settings).resolve(model), self.settings)

@@ -3,7 +3,7 @@
 Every image takes the same path, whoever sends it (CLI, server, batch):
 
 1. **read** the encoded bytes — a file path, raw bytes, an http(s) URL (through
-   :mod:`edgecap.netguard`), a data URI, plain base64, or ``"-"`` for stdin — capped at
+   :mod:`edgecap.inputs.netguard`), a data URI, plain base64, or ``"-"`` for stdin — capped at
    ``settings.max_image_bytes``;
 2. **guard**: the dimensions are read from the header (``Image.open`` is lazy) and checked
    against ``settings.max_image_megapixels`` before any pixel is decoded;
@@ -33,7 +33,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError, features
 
-from edgecap import netguard
+from edgecap.inputs import netguard
 from edgecap.config import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, PIXELS_PER_TOKEN, Settings
 from edgecap.errors import InvalidInputImage
 from edgecap.records import LoadedImage

@@ -9,7 +9,7 @@ crash is sent again).
 A delivery succeeds on a 2xx answer. Anything else (another status, a refused connection, a
 timeout, a URL the network policy refuses) is retried with exponential backoff, at most
 ``settings.webhook_retries`` times, and then marked failed. Each attempt re-checks the URL with
-:mod:`edgecap.netguard` and connects only to the addresses it vetted.
+:mod:`edgecap.inputs.netguard` and connects only to the addresses it vetted.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from typing import Any
 
 import httpx
 
-from edgecap import netguard
+from edgecap.inputs import netguard
 from edgecap.config import Settings
 from edgecap.errors import EdgecapError
-from edgecap.tasks import CaptionJob, Delivery, DeliveryKind, Outgoing, TaskStore
+from edgecap.runtime.tasks import CaptionJob, Delivery, DeliveryKind, Outgoing, TaskStore
 
 logger = logging.getLogger(__name__)
 
