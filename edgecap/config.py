@@ -74,6 +74,13 @@ class Settings(BaseSettings):
     system_prompt: str | None = None
     default_prompt: str = DEFAULT_PROMPT
     max_tokens: int = Field(256, ge=1, le=8192)
+    parallel: int = Field(
+        4,
+        ge=1,
+        le=4,
+        description="Tasks the server decodes together in one batch (at most the engine's 4 "
+        "sequence slots); 1 = one task at a time",
+    )
 
     # Server
     host: str = "127.0.0.1"
