@@ -174,6 +174,10 @@ class PromptEvaluator:
         self.counters["prefix_cache_hits"] += 1
         return slot, {"prefix": True, "image": True}
 
+    def busy_slots(self) -> int:
+        """Slots owned by a sequence in flight."""
+        return sum(s.busy for s in self._slots)
+
     def release(self, slot: Slot) -> None:
         """A sequence is done with ``slot``: keep its complete prefix for the next question."""
         if slot.prefix_key is None:

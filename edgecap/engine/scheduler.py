@@ -113,6 +113,8 @@ class Scheduler:
         self._refused: list[Event] = []
         # Keep the ctypes callback alive as long as the scheduler: C holds a raw pointer to it.
         self._between = mtmd.mtmd_helper_post_decode_callback(self._between_image_batches)
+        # For tests and tools: called with (key, raw logits, the token sampled from them).
+        self.trace: Callable[[Hashable, np.ndarray, int], None] | None = None
 
     # ------------------------------------------------------------------ public
 
@@ -123,7 +125,13 @@ class Scheduler:
 
     @property
     def in_flight(self) -> int:
+        """Requests pending or in flight."""
         return len(self._pending) + len(self._active)
+
+    @property
+    def busy_slots(self) -> int:
+        """Sequence slots held by requests in flight (a finished one frees its slot)."""
+        return self._prompts.busy_slots()
 
     def submit(self, key: Hashable, request: CaptionRequest) -> None:
         """Queue a request; it joins at the next step. Raises for a request that cannot run
@@ -392,6 +400,10 @@ class Scheduler:
         """Sample the sequence's next token at its batch index; finish it if it is done."""
         assert seq.sampler is not None
         token = seq.sampler.sample(self._ctx, seq.logits_at)
+        if self.trace is not None:
+            n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+            logits = llama_cpp.llama_get_logits_ith(self._ctx.ctx, seq.logits_at)
+            self.trace(seq.key, np.ctypeslib.as_array(logits, shape=(n_vocab,)).copy(), token)
         if llama_cpp.llama_vocab_is_eog(self._vocab, token):
             self._finish(seq, "stop")
             return
