@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from edgecap.batch import CaptionOptions, caption_many, find_images
 from edgecap.config import Settings
 from edgecap.engine.engine import Engine
 from edgecap.engine.scheduler import SHARED_CHUNK
@@ -255,3 +256,25 @@ def test_a_refused_request_fails_alone(engine: Engine, images: list[LoadedImage]
     results = [item for key, item in out if isinstance(item, CaptionResult)]
     assert len(errors) == 1 and isinstance(errors[0], ContextOverflow)
     assert len(results) == 1 and results[0].generated_tokens >= 1
+
+
+def test_a_folder_run_keeps_two_images_in_flight(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    for i in range(3):
+        (tmp_path / f"{i}.png").write_bytes(picture(20 + i))
+    items = find_images([str(tmp_path)])
+    options = CaptionOptions(prompt="Describe.", sampling=Sampling(max_tokens=10))
+    events: list[tuple[str, str]] = []
+    summary = caption_many(
+        items,
+        engine,
+        settings,
+        options,
+        on_piece=lambda image, _text: events.append((image.name, "piece")),
+        on_outcome=lambda outcome: events.append((outcome.image.name, "done")),
+    )
+    assert (summary.captioned, summary.failed) == (3, 0)
+    first, second = items[0].name, items[1].name
+    assert events.index((second, "piece")) < events.index((first, "done"))
+    assert engine.scheduler.busy_slots == 0

@@ -20,6 +20,7 @@ engine is not thread-safe (neither is llama.cpp); calls are serialised by a lock
 from __future__ import annotations
 
 import threading
+import time
 import unicodedata
 from collections.abc import Iterator
 from typing import Any, TypeVar
@@ -40,6 +41,7 @@ from edgecap.errors import EdgecapError, InferenceError, ModelError
 from edgecap.records import CaptionRequest, CaptionResult, ModelFiles, TokenPiece
 
 K = TypeVar("K")
+NOT_READY_POLL_S = 0.01  # how often an idle stream_many asks again for a request not ready
 
 N_SLOTS = 4  # sequences sharing the context (each keeps its own prefix cache)
 
@@ -167,34 +169,41 @@ class Engine:
             yield item
 
     def stream_many(
-        self, requests: Iterator[tuple[K, CaptionRequest]], *, in_flight: int = N_SLOTS
+        self, requests: Iterator[tuple[K, CaptionRequest] | None], *, in_flight: int = N_SLOTS
     ) -> Iterator[tuple[K, TokenPiece | CaptionResult | EdgecapError]]:
         """Caption ``(key, request)`` pairs, up to ``in_flight`` at once, decoded together.
 
         Yields ``(key, piece)`` as text streams and ``(key, result)`` or ``(key, error)`` once
         per request. The next request is taken from ``requests`` as soon as one is free, so
-        its image encode and prefill overlap the others' decoding. Closing the generator
-        cancels whatever is still in flight.
+        its image encode and prefill overlap the others' decoding; ``requests`` may yield None
+        for "none ready yet" (asked again after the next step, or shortly when idle). Closing
+        the generator cancels whatever is still in flight.
         """
         in_flight = max(1, min(in_flight, N_SLOTS))
         scheduler = self.scheduler
         with self._lock:
             try:
-                pending = True
-                while pending or not scheduler.idle:
+                pending: bool | None = True
+                while pending is not False or not scheduler.idle:
+                    pending = True
                     while pending and scheduler.in_flight < in_flight:
                         pending = self._submit_next(requests)
+                    if scheduler.idle and pending is None:
+                        time.sleep(NOT_READY_POLL_S)
                     yield from scheduler.step()  # type: ignore[misc]
             finally:
                 self._cancel_all()
 
-    def _submit_next(self, requests: Iterator[tuple[Any, CaptionRequest]]) -> bool:
-        """Submit the next request (a refused one is reported at the next step); False once
-        ``requests`` is exhausted."""
+    def _submit_next(self, requests: Iterator[tuple[Any, CaptionRequest] | None]) -> bool | None:
+        """Submit the next request (a refused one is reported at the next step); None if the
+        next one is not ready yet, False once ``requests`` is exhausted."""
         try:
-            key, request = next(requests)
+            entry = next(requests)
         except StopIteration:
             return False
+        if entry is None:
+            return None
+        key, request = entry
         try:
             self.scheduler.submit(key, request)
         except EdgecapError as exc:
