@@ -118,9 +118,7 @@ def test_the_worker_streams_tasks_together_and_cancels_one(
         item = WorkItem(uuid, None, request)
         results[uuid] = worker.run(item, on_piece=lambda _text: pieces.append(uuid))
 
-    threads = [
-        threading.Thread(target=run, args=(uuid, n)) for uuid, n in (("a", 16), ("b", 400))
-    ]
+    threads = [threading.Thread(target=run, args=(uuid, n)) for uuid, n in (("a", 16), ("b", 400))]
     try:
         for thread in threads:
             thread.start()

@@ -47,7 +47,10 @@ from edgecap.records import (
 
 SCHEMA = {
     "type": "object",
-    "properties": {"colour": {"type": "string", "enum": ["red", "green"]}, "n": {"type": "integer"}},
+    "properties": {
+        "colour": {"type": "string", "enum": ["red", "green"]},
+        "n": {"type": "integer"},
+    },
     "required": ["colour", "n"],
 }
 
@@ -78,7 +81,9 @@ def images(settings: Settings) -> list[LoadedImage]:
     return loaded
 
 
-def ask(image: LoadedImage | None, prompt: str, max_tokens: int = 20, **kw: object) -> CaptionRequest:
+def ask(
+    image: LoadedImage | None, prompt: str, max_tokens: int = 20, **kw: object
+) -> CaptionRequest:
     sampling = Sampling(max_tokens=max_tokens, repeat_penalty=1.0)
     return CaptionRequest(image=image, prompt=prompt, sampling=sampling, **kw)  # type: ignore[arg-type]
 

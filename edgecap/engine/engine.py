@@ -212,7 +212,7 @@ class Engine:
 
     def _cancel_all(self) -> None:
         scheduler = self.scheduler
-        for key in scheduler.keys():
+        for key in scheduler.in_flight_keys():
             scheduler.cancel(key)
         while not scheduler.idle:
             scheduler.step()

@@ -154,7 +154,7 @@ class Scheduler:
         """Deliver ``error`` for ``key`` at the next step (a request :meth:`submit` refused)."""
         self._refused.append((key, error))
 
-    def keys(self) -> list[Hashable]:
+    def in_flight_keys(self) -> list[Hashable]:
         """The keys of every request pending or in flight."""
         return [seq.key for seq in [*self._pending, *self._active]]
 

@@ -16,6 +16,7 @@ a picklable top-level callable taking the model name (None = the default model).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -174,10 +175,8 @@ class Worker:
             waiter = _Waiter(on_piece)
             with child.lock:
                 child.waiters[item.task_uuid] = waiter
-            try:
+            with contextlib.suppress(OSError):  # it died: the reader wakes the waiter
                 child.send(item)
-            except OSError:
-                pass  # it died: the reader wakes the waiter
         waiter.done.wait()
         reply = waiter.reply
         if reply is None:
@@ -193,10 +192,8 @@ class Worker:
         sequence slot is freed. Unknown or finished tasks are ignored."""
         child = self._child
         if child is not None and task_uuid in child.waiters:
-            try:
+            with contextlib.suppress(OSError):
                 child.send(WorkCancel(task_uuid))
-            except OSError:
-                pass
 
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         """Stop the child. An idle child exits cleanly; a busy one is terminated at once."""
