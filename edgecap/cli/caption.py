@@ -27,14 +27,18 @@ from edgecap.batch import (
 )
 from edgecap.cli.render import OUTPUT_FORMATS, OutputFormat, Renderer, random_weights_notice, say
 from edgecap.config import (
-    DEFAULT_MAX_PIXELS,
-    DEFAULT_MIN_PIXELS,
+    MAX_SEED,
+    MAX_TEMPERATURE,
+    MAX_TOKENS_LIMIT,
     PIXELS_PER_TOKEN,
     Settings,
+    default_of,
     load_settings,
 )
 from edgecap.records import ModelFiles, Sampling
 from edgecap.registry import Registry
+
+SAMPLING_DEFAULTS = Sampling()  # what the sampling flags default to
 
 
 class ClosableEngine(StreamingEngine, Protocol):
@@ -96,37 +100,48 @@ def add_parser(subparsers: Any) -> None:
     gen.add_argument("--model", help="model name, alias or AIR id (default: the default model)")
     gen.add_argument(
         "--max-tokens",
-        type=bounded(int, 1, 8192),
+        type=bounded(int, 1, MAX_TOKENS_LIMIT),
         metavar="N",
-        help="longest answer, in tokens (default 256, EDGECAP_MAX_TOKENS)",
+        help=f"longest answer, in tokens (default {default_of('max_tokens')}, EDGECAP_MAX_TOKENS)",
     )
     gen.add_argument(
         "--temperature",
-        type=bounded(float, 0.0, 2.0),
-        default=0.0,
+        type=bounded(float, 0.0, MAX_TEMPERATURE),
+        default=SAMPLING_DEFAULTS.temperature,
         metavar="T",
-        help="0 picks the likeliest token every time (default)",
+        help=f"0 picks the likeliest token every time (default {SAMPLING_DEFAULTS.temperature:g})",
     )
     gen.add_argument(
-        "--top-p", type=bounded(float, 0.0, 1.0), default=1.0, metavar="P", help="default 1 (off)"
+        "--top-p",
+        type=bounded(float, 0.0, 1.0),
+        default=SAMPLING_DEFAULTS.top_p,
+        metavar="P",
+        help=f"default {SAMPLING_DEFAULTS.top_p:g} (off)",
     )
     gen.add_argument(
-        "--top-k", type=bounded(int, 0, 1000), default=0, metavar="K", help="default 0 (off)"
+        "--top-k",
+        type=bounded(int, 0, 1000),
+        default=SAMPLING_DEFAULTS.top_k,
+        metavar="K",
+        help=f"default {SAMPLING_DEFAULTS.top_k} (off)",
     )
     gen.add_argument(
-        "--seed", type=bounded(int, 0, 2**32 - 1), default=0, help="sampling seed (default 0)"
+        "--seed",
+        type=bounded(int, 0, MAX_SEED),
+        default=SAMPLING_DEFAULTS.seed,
+        help=f"sampling seed (default {SAMPLING_DEFAULTS.seed})",
     )
     gen.add_argument(
         "--max-pixels",
         type=bounded(int, PIXELS_PER_TOKEN, None),
         metavar="N",
-        help=f"image budget: shrink images above N pixels (default {DEFAULT_MAX_PIXELS})",
+        help=f"image budget: shrink images above N pixels (default {default_of('max_pixels')})",
     )
     gen.add_argument(
         "--min-pixels",
         type=bounded(int, PIXELS_PER_TOKEN, None),
         metavar="N",
-        help=f"enlarge images below N pixels (default {DEFAULT_MIN_PIXELS})",
+        help=f"enlarge images below N pixels (default {default_of('min_pixels')})",
     )
     gen.add_argument(
         "--threads", type=bounded(int, 1, 1024), metavar="N", help="default: physical cores"

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from edgecap.config import Settings
-from edgecap.errors import EdgecapError, InferenceError, ModelNotReady
+from edgecap.errors import EdgecapError, InferenceError, WorkerCrashed, WorkerStopped, error_class
 from edgecap.records import CaptionRequest, CaptionResult
 
 if TYPE_CHECKING:
@@ -61,14 +61,6 @@ class DefaultEngineFactory:
         return Engine(Registry(self.settings).resolve(model), self.settings)
 
 
-class WorkerCrashed(InferenceError):
-    """The child process died while it was working on a task."""
-
-
-class WorkerStopped(ModelNotReady):
-    """:meth:`Worker.stop` was called before or while a task ran."""
-
-
 @dataclass(frozen=True)
 class WorkItem:
     """One caption for the child: which model, which request."""
@@ -80,8 +72,10 @@ class WorkItem:
 
 @dataclass(frozen=True)
 class WorkError:
-    """An :class:`EdgecapError` as a plain value, so it can cross the process boundary."""
+    """An :class:`EdgecapError` as plain values, so it can cross the process boundary; the
+    parent gets back the same subclass (looked up by name in :mod:`edgecap.errors`)."""
 
+    kind: str  # the class name, e.g. "UnknownModel"
     code: str
     status: int
     message: str
@@ -92,10 +86,12 @@ class WorkError:
     def from_exception(cls, exc: BaseException) -> WorkError:
         if not isinstance(exc, EdgecapError):
             exc = InferenceError(f"The engine failed: {type(exc).__name__}: {exc}")
-        return cls(exc.code, exc.status, exc.message, exc.parameter, dict(exc.extra))
+        return cls(
+            type(exc).__name__, exc.code, exc.status, exc.message, exc.parameter, dict(exc.extra)
+        )
 
     def to_exception(self) -> EdgecapError:
-        return EdgecapError(
+        return error_class(self.kind)(
             self.message,
             code=self.code,
             status=self.status,
