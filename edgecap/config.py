@@ -7,11 +7,13 @@ Only :func:`load_settings` reads the process environment. Everything else receiv
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import platformdirs
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from edgecap.logs import LogFormat, LogLevel
 
 PIXELS_PER_TOKEN = 28 * 28  # one image token = a 28x28 pixel cell after the 2x2 merge
 
@@ -34,6 +36,10 @@ DEFAULT_PROMPT = (
     "Describe this image in detail, including the main subjects, their actions, "
     "the setting, colors, and any visible text."
 )
+
+
+def _upper(value: Any) -> Any:
+    return value.upper() if isinstance(value, str) else value
 
 
 def default_home() -> Path:
@@ -93,6 +99,10 @@ class Settings(BaseSettings):
     upload_retention_days: int = Field(30, ge=1)
     cost_per_second: float = Field(0.0002, ge=0, description="USD per compute second")
     webhook_retries: int = Field(5, ge=0, le=20)
+
+    # Logging (the server and its engine process; see edgecap.logs)
+    log_level: Annotated[LogLevel, BeforeValidator(_upper)] = "INFO"
+    log_format: LogFormat = Field("text", description="text, or json: one JSON object a line")
 
     def system_prompt_for(self, asked: str | None) -> str | None:
         """The system prompt a request gets: its own, else the server's (may be None)."""

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from edgecap.errors import EdgecapError, UnknownModel
+from edgecap.errors import ContextOverflow, EdgecapError, UnknownModel
 from edgecap.records import CaptionRequest, CaptionResult
 from edgecap.runtime.worker import (
     Worker,
@@ -34,7 +34,8 @@ class ScriptedEngine:
     """Duck of edgecap.engine.engine.Engine. The prompt picks the behaviour:
 
     ``abort`` calls os.abort(); ``abort-once:<path>`` aborts unless <path> exists (and creates
-    it); ``invalid`` raises an EdgecapError; ``bug`` raises a plain exception; ``sleep:<s>``
+    it); ``invalid`` raises an EdgecapError; ``overflow`` a ContextOverflow (a subclass);
+    ``bug`` raises a plain exception; ``sleep:<s>``
     sleeps; anything else is captioned as ``"<model id> saw <prompt>"``.
     """
 
@@ -55,6 +56,8 @@ class ScriptedEngine:
             raise EdgecapError(
                 "too big", code="invalidParameter", status=400, parameter="maxPixels", max=9
             )
+        if command == "overflow":
+            raise ContextOverflow("too long", parameter="maxTokens", limit=4096)
         if command == "bug":
             raise ZeroDivisionError("division by zero")
         if command == "sleep":
@@ -148,6 +151,19 @@ def test_errors_cross_the_process_boundary_as_values(worker: Worker) -> None:
     assert worker.restarts == 0
 
 
+def test_an_error_comes_back_as_its_own_subclass(worker: Worker) -> None:
+    with pytest.raises(ContextOverflow) as caught:  # not a bare EdgecapError
+        worker.run(caption_item("overflow"))
+    assert type(caught.value) is ContextOverflow
+    assert caught.value.to_dict() == {
+        "code": "invalidParameter",
+        "message": "too long",
+        "parameter": "maxTokens",
+        "limit": 4096,
+    }
+    assert caught.value.status == 400
+
+
 def test_another_model_replaces_the_loaded_one_and_load_errors_are_values(
     worker: Worker, factory: ScriptedEngineFactory
 ) -> None:
@@ -155,6 +171,7 @@ def test_another_model_replaces_the_loaded_one_and_load_errors_are_values(
     with pytest.raises(EdgecapError) as caught:
         worker.run(caption_item("hi", model="missing"))
     assert caught.value.code == "unknownModel"
+    assert type(caught.value) is UnknownModel  # the class itself, restored in the parent
     assert factory.lines("load") == ["None", "small"]
 
 

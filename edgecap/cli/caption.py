@@ -54,12 +54,15 @@ def open_engine(model: ModelFiles, settings: Settings) -> ClosableEngine:
     return LlamaEngine(model, settings)
 
 
-def resolve_model(settings: Settings, name: str | None) -> ModelFiles:
-    """The model files a name means (None: the default), saying so when weights are random."""
+def resolve_model(
+    settings: Settings, name: str | None, *, tell: Callable[[str], object] = say
+) -> ModelFiles:
+    """The model files a name means (None: the default), telling ``tell`` (default: stderr)
+    when the weights are random."""
     registry = Registry(settings)
     model = registry.resolve(name)
     if model.random_weights:
-        say(random_weights_notice(model.id, registry.catalog.default))
+        tell(random_weights_notice(model.id, registry.catalog.default))
     return model
 
 

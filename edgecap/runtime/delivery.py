@@ -166,6 +166,12 @@ class Deliverer:
             self._record_failure(delivery, attempts, f"{type(exc).__name__}: {exc}")
         else:
             self._store.delivery_done(delivery.id, attempts=attempts)
+            logger.info(
+                "Delivered the %s of task %s (attempt %d)",
+                delivery.outgoing.kind,
+                delivery.task_uuid,
+                attempts,
+            )
         finally:
             with self._in_flight_lock:
                 self._in_flight.discard(delivery.id)

@@ -24,6 +24,7 @@ from typing import Any
 
 from edgecap.config import Settings
 from edgecap.errors import EdgecapError, InferenceError, RateLimited, TaskConflict, TaskExpired
+from edgecap.logs import LogSetup
 from edgecap.protocol import (
     RESULT_TASK_TYPE,
     error_envelope,
@@ -70,7 +71,9 @@ class TaskService:
     ) -> None:
         self.settings = settings
         self.store = TaskStore(settings.db_path, clock=clock)
-        self._worker = Worker(engine_factory or DefaultEngineFactory(settings))
+        self._worker = Worker(
+            engine_factory or DefaultEngineFactory(settings), log_setup=LogSetup.of(settings)
+        )
         self._deliverer = Deliverer(self.store, settings)
         self._waiters = _Waiters()
         self._metrics = ServiceStats()

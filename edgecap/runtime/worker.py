@@ -16,14 +16,17 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import multiprocessing.connection
+import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from edgecap.config import Settings
 from edgecap.errors import EdgecapError, InferenceError, WorkerCrashed, WorkerStopped, error_class
+from edgecap.logs import LogSetup
 from edgecap.records import CaptionRequest, CaptionResult
 
 if TYPE_CHECKING:
@@ -112,8 +115,10 @@ class WorkDone:
 class Worker:
     """The parent's handle on the engine process. :meth:`run` is for one thread at a time."""
 
-    def __init__(self, engine_factory: EngineFactory) -> None:
+    def __init__(self, engine_factory: EngineFactory, *, log_setup: LogSetup | None = None) -> None:
+        """``log_setup``: how the engine process logs (None: it configures no logging)."""
         self._factory = engine_factory
+        self._log_setup = log_setup
         self._context = multiprocessing.get_context("spawn")
         self._lock = threading.Lock()  # held while a task is in the child
         self._stopping = threading.Event()
@@ -178,6 +183,9 @@ class Worker:
             try:
                 if self._conn is not None:
                     self._conn.close()
+                # Drop the child and its Event now: their semaphores are released here, not
+                # reported as leaked by multiprocessing's resource tracker at exit.
+                self._process = self._loaded = None
             finally:
                 self._lock.release()
 
@@ -186,7 +194,7 @@ class Worker:
         self._loaded = self._context.Event()
         self._process = self._context.Process(
             target=serve,
-            args=(self._factory, child_end, self._loaded),
+            args=(self._factory, child_end, self._loaded, self._log_setup),
             name="edgecap-engine",
             daemon=True,
         )
@@ -268,13 +276,21 @@ class _Engines:
             self._engine = None
 
 
-def serve(factory: EngineFactory, conn: Connection, loaded: Event) -> None:
-    """The child's main loop: load the default model, then caption until told to stop."""
+def serve(
+    factory: EngineFactory, conn: Connection, loaded: Event, log_setup: LogSetup | None = None
+) -> None:
+    """The child's main loop: set up logging, load the default model, then caption until told
+    to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    if log_setup is not None:
+        log_setup.apply()
+    logger.info("Engine process %d started; loading the default model", os.getpid())
     engines = _Engines(factory)
     try:
+        started = time.perf_counter()
         engines.get(None)
         loaded.set()
+        logger.info("Loaded the default model in %.1f s", time.perf_counter() - started)
     except Exception as exc:  # reported to the first task that needs the default model
         logger.warning("Could not load the default model: %s", exc)
     try:
