@@ -131,17 +131,33 @@ def test_captions_in_a_child_process_that_loaded_the_default_model(
     assert factory.lines("load") == ["None"]
 
 
-def test_errors_cross_the_process_boundary_as_values(worker: Worker) -> None:
+@pytest.mark.parametrize(
+    ("prompt", "cls", "fields"),
+    [
+        (
+            "invalid",
+            EdgecapError,
+            {"code": "invalidParameter", "message": "too big", "parameter": "maxPixels", "max": 9},
+        ),
+        (
+            "overflow",
+            ContextOverflow,
+            {"code": "invalidParameter", "message": "too long", "parameter": "maxTokens"}
+            | {"limit": 4096},
+        ),
+    ],
+)
+def test_errors_cross_the_process_boundary_as_values_of_their_own_class(
+    worker: Worker, prompt: str, cls: type[EdgecapError], fields: dict[str, object]
+) -> None:
     with pytest.raises(EdgecapError) as caught:
-        worker.run(caption_item("invalid"))
-    assert caught.value.to_dict() == {
-        "code": "invalidParameter",
-        "message": "too big",
-        "parameter": "maxPixels",
-        "max": 9,
-    }
+        worker.run(caption_item(prompt))
+    assert type(caught.value) is cls  # the subclass itself, restored in the parent
+    assert caught.value.to_dict() == fields
     assert caught.value.status == 400
 
+
+def test_a_plain_exception_in_the_engine_is_an_inference_error(worker: Worker) -> None:
     with pytest.raises(EdgecapError) as caught:
         worker.run(caption_item("bug"))
     assert caught.value.code == "inferenceError"
@@ -149,19 +165,6 @@ def test_errors_cross_the_process_boundary_as_values(worker: Worker) -> None:
 
     assert worker.run(caption_item("still here")).text == "default saw still here"
     assert worker.restarts == 0
-
-
-def test_an_error_comes_back_as_its_own_subclass(worker: Worker) -> None:
-    with pytest.raises(ContextOverflow) as caught:  # not a bare EdgecapError
-        worker.run(caption_item("overflow"))
-    assert type(caught.value) is ContextOverflow
-    assert caught.value.to_dict() == {
-        "code": "invalidParameter",
-        "message": "too long",
-        "parameter": "maxTokens",
-        "limit": 4096,
-    }
-    assert caught.value.status == 400
 
 
 def test_another_model_replaces_the_loaded_one_and_load_errors_are_values(

@@ -39,6 +39,13 @@ from edgecap.records import ModelFiles, Sampling
 from edgecap.registry import Registry
 
 SAMPLING_DEFAULTS = Sampling()  # what the sampling flags default to
+# The sampling flags: flag (its Sampling field), type, bounds, metavar, what it does.
+SAMPLING_FLAGS: tuple[tuple[str, Callable[[str], float], float, float, str | None, str], ...] = (
+    ("--temperature", float, 0.0, MAX_TEMPERATURE, "T", "0 picks the likeliest token every time"),
+    ("--top-p", float, 0.0, 1.0, "P", "nucleus sampling; 1 is off"),
+    ("--top-k", int, 0, 1000, "K", "sample from the K likeliest tokens; 0 is off"),
+    ("--seed", int, 0, MAX_SEED, None, "sampling seed"),
+)
 
 
 class ClosableEngine(StreamingEngine, Protocol):
@@ -107,33 +114,15 @@ def add_parser(subparsers: Any) -> None:
         metavar="N",
         help=f"longest answer, in tokens (default {default_of('max_tokens')}, EDGECAP_MAX_TOKENS)",
     )
-    gen.add_argument(
-        "--temperature",
-        type=bounded(float, 0.0, MAX_TEMPERATURE),
-        default=SAMPLING_DEFAULTS.temperature,
-        metavar="T",
-        help=f"0 picks the likeliest token every time (default {SAMPLING_DEFAULTS.temperature:g})",
-    )
-    gen.add_argument(
-        "--top-p",
-        type=bounded(float, 0.0, 1.0),
-        default=SAMPLING_DEFAULTS.top_p,
-        metavar="P",
-        help=f"default {SAMPLING_DEFAULTS.top_p:g} (off)",
-    )
-    gen.add_argument(
-        "--top-k",
-        type=bounded(int, 0, 1000),
-        default=SAMPLING_DEFAULTS.top_k,
-        metavar="K",
-        help=f"default {SAMPLING_DEFAULTS.top_k} (off)",
-    )
-    gen.add_argument(
-        "--seed",
-        type=bounded(int, 0, MAX_SEED),
-        default=SAMPLING_DEFAULTS.seed,
-        help=f"sampling seed (default {SAMPLING_DEFAULTS.seed})",
-    )
+    for flag, kind, low, high, metavar, what in SAMPLING_FLAGS:
+        default = getattr(SAMPLING_DEFAULTS, flag[2:].replace("-", "_"))
+        gen.add_argument(
+            flag,
+            type=bounded(kind, low, high),
+            default=default,
+            metavar=metavar,
+            help=f"{what} (default {default:g})",
+        )
     gen.add_argument(
         "--max-pixels",
         type=bounded(int, PIXELS_PER_TOKEN, None),
