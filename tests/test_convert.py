@@ -18,7 +18,6 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 import tools.convert
-from edgecap.errors import ConversionError
 from edgecap.engine.gguf_check import (
     check_mmproj,
     check_pair,
@@ -27,6 +26,7 @@ from edgecap.engine.gguf_check import (
     read_header,
     text_tensor_names,
 )
+from edgecap.errors import ConversionError
 from tools.convert import convert, main
 from tools.make_tiny_model import CHAT_TEMPLATE, PRESETS, make_checkpoint
 

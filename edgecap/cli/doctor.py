@@ -22,8 +22,8 @@ from edgecap import __version__
 from edgecap.cli.demo import DEMO_MODEL, caption_sample
 from edgecap.cli.render import to_json
 from edgecap.config import Settings, load_settings
-from edgecap.errors import EdgecapError, ModelNotReady
 from edgecap.engine.hardware import physical_cores
+from edgecap.errors import EdgecapError, ModelNotReady
 from edgecap.registry import Registry
 
 Status = Literal["ok", "warn", "fail", "skip"]
