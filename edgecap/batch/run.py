@@ -24,9 +24,9 @@ from edgecap.batch.sources import ImageItem
 from edgecap.config import Settings
 from edgecap.errors import EdgecapError, InvalidParameter
 from edgecap.inputs.images import load_image, pixel_budget
+from edgecap.protocol import result_item
 from edgecap.records import CaptionRequest, CaptionResult, LoadedImage, TokenPiece
 from edgecap.registry.digests import sha256_file
-from edgecap.protocol import result_item
 
 DONE_BEFORE = "done in an earlier run"
 

@@ -8,7 +8,7 @@ bf16 or Q8_0, as in the published files. For K-quants (Q4_K_M, ...) quantize the
 
 The converter streams: tensors are read from the safetensors files in blocks of rows and
 written straight to the output, so memory stays far below the size of the largest tensor.
-Keys, tensors and dtypes follow spec/qwen25vl-gguf.md.
+Keys, tensors and dtypes follow docs/qwen25vl-gguf.md.
 Both the original tensor names (``model.layers.*``, ``visual.*``) and those saved by newer
 transformers (``model.language_model.*``, ``model.visual.*``) are accepted, with flat or nested
 (``text_config``/``vision_config``, ``rope_parameters``) configs, sharded or not, in bf16, f16
@@ -246,7 +246,7 @@ def looks_like_control(token: str) -> bool:
 
 
 def add_tokenizer(writer: gguf.GGUFWriter, checkpoint: Path, vocab_size: int) -> None:
-    """The vocabulary, merges, special ids and chat template (spec: "Tokenizer metadata")."""
+    """The vocabulary, merges, special ids and chat template (docs/qwen25vl-gguf.md, "Tokenizer metadata")."""
     tokenizer = read_json(checkpoint / "tokenizer.json")
     model = tokenizer.get("model") or {}
     if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):

@@ -33,9 +33,9 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError, features
 
-from edgecap.inputs import netguard
 from edgecap.config import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, PIXELS_PER_TOKEN, Settings
 from edgecap.errors import InvalidInputImage
+from edgecap.inputs import netguard
 from edgecap.records import LoadedImage
 
 FACTOR = 28  # patch size 14 x spatial merge 2: the side of one image token

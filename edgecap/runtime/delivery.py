@@ -23,9 +23,9 @@ from typing import Any
 
 import httpx
 
-from edgecap.inputs import netguard
 from edgecap.config import Settings
 from edgecap.errors import EdgecapError
+from edgecap.inputs import netguard
 from edgecap.runtime.tasks import CaptionJob, Delivery, DeliveryKind, Outgoing, TaskStore
 
 logger = logging.getLogger(__name__)

@@ -27,10 +27,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from edgecap.config import Settings
-from edgecap.runtime.delivery import Deliverer, outgoing_for
 from edgecap.errors import EdgecapError, InferenceError, RateLimited, TaskConflict, TaskExpired
-from edgecap.records import CaptionResult
 from edgecap.protocol import RESULT_TASK_TYPE, result_item
+from edgecap.records import CaptionResult
+from edgecap.runtime.delivery import Deliverer, outgoing_for
 from edgecap.runtime.tasks import (
     CaptionJob,
     ClaimedTask,

@@ -9,9 +9,9 @@ import uvicorn
 
 from edgecap.config import Settings
 from edgecap.registry import Registry
+from edgecap.runtime.service import TaskService
 from edgecap.server.app import create_app
 from edgecap.server.auth import ApiKeys, check_bind
-from edgecap.runtime.service import TaskService
 
 logger = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from edgecap.inputs import images
 from edgecap.config import Settings
 from edgecap.errors import EdgecapError, InvalidInputImage
+from edgecap.inputs import images
 from edgecap.server.errors import MediaNotFound
 
 MAX_SIDE = 2048
