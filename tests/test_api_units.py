@@ -173,7 +173,7 @@ def test_wire_images_follow_the_cli_base64_rule(settings: Settings) -> None:
     assert images.read_source(wrapped, settings).data == data
     mixed = "+/+/-_-_-_-_-_-_AA=="
     for reader in (lambda t: wire_image(t, settings), lambda t: images.read_source(t, settings)):
-        with pytest.raises(InvalidInputImage, match=r"not .*base64"):  # CLI: "... or base64"
+        with pytest.raises(InvalidInputImage, match=r"not .*base64"):  # the CLI: "... or base64"
             reader(mixed)
 
 

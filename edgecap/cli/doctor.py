@@ -27,7 +27,7 @@ from edgecap.errors import EdgecapError, ModelNotReady
 from edgecap.registry import Registry
 
 Status = Literal["ok", "warn", "fail", "skip"]
-PINNED_LLAMA_CPP_PYTHON = "0.3.36"  # the version spec/qwen25vl-gguf.md was checked against
+PINNED_LLAMA_CPP_PYTHON = "0.3.36"  # the version docs/qwen25vl-gguf.md was checked against
 SMOKE_MAX_TOKENS = 8
 # SIMD features that matter for llama.cpp's CPU speed, in the order to show them.
 SIMD_FEATURES = (

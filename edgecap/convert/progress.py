@@ -1,5 +1,5 @@
-"""Plumbing shared by tools/convert.py and tools/quantize.py: progress bars on stderr, and
-output files that appear whole or not at all."""
+"""Plumbing shared by the converter and the quantizer: progress bars on stderr, output files
+that appear whole or not at all, and the ``main`` of their tools/ scripts (:func:`run_tool`)."""
 
 from __future__ import annotations
 
