@@ -30,6 +30,7 @@ CEILING_MAX_PIXELS = 4096 * PIXELS_PER_TOKEN
 MAX_TOKENS_LIMIT = 8192  # the longest answer anyone may ask for
 MAX_TEMPERATURE = 2.0  # temperature runs from 0 (greedy) to this
 MAX_SEED = 2**32 - 1  # seeds run from 0 to this (llama.cpp's uint32)
+MAX_TOP_K = 1000  # top_k runs from 0 (off) to this
 MAX_TTL_S = 365 * 24 * 3600  # results are kept at most a year, whatever ttl asks: not an archive
 
 DEFAULT_PROMPT = (
