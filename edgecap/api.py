@@ -23,6 +23,7 @@ an image is read, not before. Reference: docs/python-api.md.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import io
 import os
@@ -56,6 +57,7 @@ else:
     ImageInput = Any
 
 _SAMPLING = Sampling()  # the defaults of every sampling option
+SAMPLING_FIELDS = {field.name for field in dataclasses.fields(Sampling)}
 
 
 class RandomWeightsWarning(UserWarning):
@@ -105,15 +107,7 @@ class CallOptions(BaseModel):
         return value
 
     def sampling(self, settings: Settings) -> Sampling:
-        return Sampling(
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            min_p=self.min_p,
-            repeat_penalty=self.repeat_penalty,
-            seed=self.seed,
-            max_tokens=self.max_tokens or settings.max_tokens,
-        )
+        return settings.sampling_for(**self.model_dump(include=SAMPLING_FIELDS))
 
 
 CAPTION_OPTIONS: tuple[str, ...] = tuple(CallOptions.model_fields)

@@ -14,6 +14,7 @@ from pydantic import BeforeValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edgecap.logs import LogFormat, LogLevel
+from edgecap.records import Sampling
 
 PIXELS_PER_TOKEN = 28 * 28  # one image token = a 28x28 pixel cell after the 2x2 merge
 
@@ -104,6 +105,12 @@ class Settings(BaseSettings):
     # Logging (the server and its engine process; see edgecap.logs)
     log_level: Annotated[LogLevel, BeforeValidator(_upper)] = "INFO"
     log_format: LogFormat = Field("text", description="text, or json: one JSON object a line")
+
+    def sampling_for(self, **asked: Any) -> Sampling:
+        """The sampler settings of a request: what it asked (None: not asked), the defaults of
+        :class:`Sampling` for the rest, and this server's ``max_tokens`` unless it asked."""
+        given = {name: value for name, value in asked.items() if value is not None}
+        return Sampling(**{"max_tokens": self.max_tokens, **given})
 
     def system_prompt_for(self, asked: str | None) -> str | None:
         """The system prompt a request gets: its own, else the server's (may be None)."""

@@ -228,12 +228,12 @@ def caption_options(args: argparse.Namespace, settings: Settings) -> CaptionOpti
     return CaptionOptions(
         prompt=args.prompt or settings.default_prompt,
         system_prompt=args.system,
-        sampling=Sampling(
+        sampling=settings.sampling_for(
             temperature=args.temperature,
             top_p=args.top_p,
             top_k=args.top_k,
             seed=args.seed,
-            max_tokens=args.max_tokens or settings.max_tokens,
+            max_tokens=args.max_tokens,
         ),
         json_schema=args.json_schema,
         min_pixels=args.min_pixels,
