@@ -246,8 +246,10 @@ def looks_like_control(token: str) -> bool:
 
 
 def add_tokenizer(writer: gguf.GGUFWriter, checkpoint: Path, vocab_size: int) -> None:
-    """The vocabulary, merges, special ids and chat template (docs/qwen25vl-gguf.md,
-    "Tokenizer metadata")."""
+    """The vocabulary, merges, special ids and chat template.
+
+    See docs/qwen25vl-gguf.md, "Tokenizer metadata".
+    """
     tokenizer = read_json(checkpoint / "tokenizer.json")
     model = tokenizer.get("model") or {}
     if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):

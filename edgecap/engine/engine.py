@@ -202,7 +202,7 @@ class Engine:
     # ------------------------------------------------------------------ generation
 
     def _render(self, request: CaptionRequest) -> str:
-        system = request.system_prompt or self.settings.system_prompt
+        system = self.settings.system_prompt_for(request.system_prompt)
         return self._template.render(
             request.prompt, system_prompt=system, with_image=request.image is not None
         )
