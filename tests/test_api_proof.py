@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -19,24 +18,15 @@ from typing import Any
 
 import httpx
 import pytest
-from api_support import (
-    LiveServer,
-    api_settings,
-    b64,
-    data_uri,
-    image_host,
-    install_model,
-    live_server,
-    new_uuid,
-    png_bytes,
-    post,
-)
-from test_delivery import Receiver, wait_for
-from test_official_clients import RUNWARE_05, RUNWARE_SDK, client_dir, run_client
-from test_tasks import FakeClock
 
 from edgecap.config import Settings
 from edgecap.records import ModelFiles
+from tests.support.api import LiveServer, api_settings, install_model, live_server, new_uuid, post
+from tests.support.clients import RUNWARE_05, RUNWARE_SDK, client_dir, run_client
+from tests.support.http import Receiver, image_host
+from tests.support.images import b64, data_uri, png_bytes
+from tests.support.tasks import FakeClock
+from tests.support.waiting import wait_until
 
 KEY = "proof-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -161,7 +151,9 @@ def test_async_polling_webhook_upload_and_resends(server: LiveServer) -> None:
             statuses.append(poll(server, task["taskUUID"]).json()["data"][0]["status"])
         assert set(statuses[:-1]) <= {"processing"}
         result = poll(server, task["taskUUID"]).json()
-        wait_for(lambda: len(hook.received) == 2 and len(sink.received) == 1)
+        wait_until(
+            lambda: len(hook.received) == 2 and len(sink.received) == 1, "2 webhooks, 1 upload"
+        )
     finally:
         hook.close()
         sink.close()
@@ -260,48 +252,3 @@ def test_sigkill_with_tasks_queued_then_restart_finishes_them(
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(30)
-
-
-# ---------------------------------------------------------------------------- overhead
-
-
-def test_rest_round_trip_overhead_over_the_engines_own_time(
-    server: LiveServer, proof_settings: Settings, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Not a timing assertion: records the figures (printed; run with -s to see them).
-
-    overhead = client round trip - the engine's own compute (cost / cost_per_second), split
-    into the parent's view of the engine process (IPC, pickling) and everything else (HTTP,
-    validation, image decode, the durable submit and finish, waking the waiter).
-    """
-    image = b64(sample_photo())
-    samples = 20
-    with httpx.Client(headers=AUTH, timeout=120) as client:  # keep-alive, as SDKs do
-        client.post(server.url, json=[caption(image)])  # warm: image and prefix caches
-        round_trips, engine = [], []
-        for _ in range(samples):
-            started = time.perf_counter()
-            answer = client.post(server.url, json=[caption(image, includeCost=True)])
-            round_trips.append(time.perf_counter() - started)
-            engine.append(answer.json()["data"][0]["cost"] / proof_settings.cost_per_second)
-    stats = server.service.stats()["latency_seconds"]
-    run, queue = stats["run"][-samples:], stats["queue"][-samples:]
-    figures = {
-        "p50_round_trip_ms": statistics.median(round_trips),
-        "p50_engine_ms": statistics.median(engine),
-        "p50_overhead_ms": statistics.median(
-            r - e for r, e in zip(round_trips, engine, strict=True)
-        ),
-        "p50_engine_process_ipc_ms": statistics.median(
-            r - e for r, e in zip(run, engine, strict=True)
-        ),
-        "p50_server_side_ms": statistics.median(
-            t - r - q for t, r, q in zip(round_trips, run, queue, strict=True)
-        ),
-    }
-    with capsys.disabled():
-        print(
-            "\nREST overhead on the tiny model:",
-            {k: round(v * 1000, 1) for k, v in figures.items()},
-        )
-    assert all(own > 0 for own in engine) and len(run) == samples

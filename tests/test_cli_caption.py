@@ -15,27 +15,20 @@ from pathlib import Path
 from subprocess import DEVNULL
 
 import pytest
-from test_batch import FakeEngine, write_png
 
 from edgecap.cli import caption as caption_cmd
 from edgecap.cli import main
 from edgecap.config import DEFAULT_PROMPT, Settings, load_settings
 from edgecap.records import ModelFiles, Sampling
 from edgecap.registry import Registry
+from tests.support.engines import FakeEngine
+from tests.support.images import write_png
+from tests.support.models import register
 
 NOTICE = (
     "using the demo model edgecap-tiny-random: its weights are random, captions are noise; "
     "get the real model with: edgecap models pull qwen2.5-vl-7b-instruct\n"
 )
-
-
-def register(home: Path, name: str) -> None:
-    """Install a model by path: two placeholder files (the fake engine never reads them)."""
-    files = home / "registered" / name
-    files.mkdir(parents=True)
-    (files / "text.gguf").write_bytes(b"text")
-    (files / "mmproj.gguf").write_bytes(b"mmproj")
-    Registry(load_settings()).register_local(name, files / "text.gguf", files / "mmproj.gguf")
 
 
 @pytest.fixture

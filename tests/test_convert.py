@@ -18,7 +18,6 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 import tools.convert
-from edgecap.errors import ConversionError
 from edgecap.engine.gguf_check import (
     check_mmproj,
     check_pair,
@@ -27,6 +26,7 @@ from edgecap.engine.gguf_check import (
     read_header,
     text_tensor_names,
 )
+from edgecap.errors import ConversionError
 from tools.convert import convert, main
 from tools.make_tiny_model import CHAT_TEMPLATE, PRESETS, make_checkpoint
 
@@ -451,7 +451,7 @@ def test_interrupted_conversion_leaves_no_file(
 def test_llama_cpp_loads_the_converted_pair(
     tiny_gguf: tuple[Path, Path], tiny_checkpoint: Path
 ) -> None:
-    llama_cpp = pytest.importorskip("llama_cpp")
+    import llama_cpp
     from llama_cpp import mtmd_cpp
     from tokenizers import Tokenizer
 

@@ -25,6 +25,7 @@ from edgecap.config import PIXELS_PER_TOKEN, Settings
 from edgecap.errors import DownloadFailed, InvalidInputImage
 from edgecap.inputs.images import load_image, pixel_budget, smart_resize, supported_formats
 from edgecap.records import LoadedImage
+from tests.support.env import require
 
 TOKENS = PIXELS_PER_TOKEN  # pixels per image token, for readable budgets below
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
@@ -439,7 +440,7 @@ def random_sizes(count: int) -> list[tuple[int, int, int, int]]:
 
 
 def test_smart_resize_matches_transformers() -> None:
-    reference = pytest.importorskip("transformers.models.qwen2_vl.image_processing_qwen2_vl")
+    reference = require("transformers.models.qwen2_vl.image_processing_qwen2_vl")
     cases = [*random_sizes(250), (1, 1, 4 * TOKENS, 1024 * TOKENS), (1, 250, TOKENS, TOKENS)]
     for height, width, low, high in cases:
         try:
@@ -470,7 +471,7 @@ def unpatchify(patches: np.ndarray, grid: np.ndarray) -> np.ndarray:
 def test_pixels_match_the_reference_processor(
     settings: Settings, width: int, height: int, max_tokens: int
 ) -> None:
-    processing = pytest.importorskip("transformers.models.qwen2_vl.image_processing_qwen2_vl")
+    processing = require("transformers.models.qwen2_vl.image_processing_qwen2_vl")
     source = noise(width, height, seed=width)
     low, high = 4 * TOKENS, max_tokens * TOKENS
     processor = processing.Qwen2VLImageProcessor(min_pixels=low, max_pixels=high)

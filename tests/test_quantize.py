@@ -8,16 +8,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import llama_cpp
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType, GGUFValueType
 
-from edgecap.errors import ConversionError
 from edgecap.engine.gguf_check import check_mmproj, check_pair, read_header
+from edgecap.errors import ConversionError
 from tools.quantize import QUANT_TYPES, default_output, main, quantize
 
 REPO = Path(__file__).resolve().parent.parent
-llama_cpp = pytest.importorskip("llama_cpp")
 
 
 def load_and_eval(text: Path, mmproj: Path | None = None) -> None:

@@ -11,17 +11,17 @@ from typing import Any
 
 import pytest
 import websockets
-from api_support import (
+
+from tests.support.api import (
     UUID_V4,
     LiveServer,
     api_settings,
-    b64,
     install_model,
     live_server,
     new_uuid,
-    png_bytes,
 )
-from test_worker import ScriptedEngineFactory
+from tests.support.engines import ScriptedEngineFactory
+from tests.support.images import b64, png_bytes
 
 KEY = "ws-key"
 FRAME_TIMEOUT_S = 30.0

@@ -35,8 +35,8 @@ from tqdm import tqdm
 if __spec__ is None:  # run as a script: make edgecap and tools importable from the source tree
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edgecap.errors import ConversionError
 from edgecap.engine.gguf_check import mmproj_tensor_names, text_tensor_names
+from edgecap.errors import ConversionError
 from tools._checkpoint import (
     ModelConfig,
     StoredTensor,

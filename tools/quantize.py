@@ -28,8 +28,8 @@ from pathlib import Path
 if __spec__ is None:  # run as a script: make edgecap and tools importable from the source tree
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edgecap.errors import ConversionError, ModelError
 from edgecap.engine.gguf_check import MMPROJ_ARCH, check_mmproj, check_text_model, read_header
+from edgecap.errors import ConversionError, ModelError
 from tools._progress import progress_bar, run_tool, staged_outputs
 
 
