@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from edgecap.config import Settings
 from edgecap.records import ModelFiles
 from tests.support.api import LiveServer, api_settings, install_model, live_server, new_uuid, post
 from tests.support.clients import RUNWARE_05, RUNWARE_SDK, client_dir, run_client
+from tests.support.env import child_env
 from tests.support.http import Receiver, image_host
 from tests.support.images import b64, data_uri, png_bytes
 from tests.support.tasks import FakeClock
@@ -32,6 +32,7 @@ KEY = "proof-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 MAX_TOKENS = 8
 RESTART_TIMEOUT_S = 120.0
+KILL_TIMEOUT_S = 30.0
 
 
 def sample_photo() -> bytes:
@@ -146,9 +147,13 @@ def test_async_polling_webhook_upload_and_resends(server: LiveServer) -> None:
             "status": "processing",
         }
         assert (ack.status_code, ack.json()) == (200, {"data": [processing]})
-        statuses = []
-        while not statuses or statuses[-1] != "success":
+        statuses: list[str] = []
+
+        def succeeded() -> bool:
             statuses.append(poll(server, task["taskUUID"]).json()["data"][0]["status"])
+            return statuses[-1] == "success"
+
+        wait_until(succeeded, "the async task to succeed", RESTART_TIMEOUT_S)
         assert set(statuses[:-1]) <= {"processing"}
         result = poll(server, task["taskUUID"]).json()
         wait_until(
@@ -188,12 +193,7 @@ def free_port() -> int:
 
 def start_serving(home: Path, port: int) -> subprocess.Popen[bytes]:
     """`python -m edgecap serve` in its own process group (so a kill takes its engine too)."""
-    env = {
-        **os.environ,
-        "EDGECAP_HOME": str(home),
-        "EDGECAP_N_THREADS": "2",
-        "PYTHONPATH": str(Path(__file__).parents[1]),
-    }
+    env = child_env(EDGECAP_HOME=str(home), EDGECAP_N_THREADS="2")
     process = subprocess.Popen(
         [sys.executable, "-m", "edgecap", "serve", "--port", str(port), "--api-key", KEY],
         env=env,
@@ -201,15 +201,16 @@ def start_serving(home: Path, port: int) -> subprocess.Popen[bytes]:
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    deadline = time.monotonic() + RESTART_TIMEOUT_S
-    while True:
+
+    def healthy() -> bool:
         assert process.poll() is None, "edgecap serve exited"
-        assert time.monotonic() < deadline, "edgecap serve did not come up"
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                return process
+            return httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
         except httpx.TransportError:
-            time.sleep(0.1)
+            return False
+
+    wait_until(healthy, "edgecap serve to come up", RESTART_TIMEOUT_S, 0.1)
+    return process
 
 
 def test_sigkill_with_tasks_queued_then_restart_finishes_them(
@@ -233,22 +234,19 @@ def test_sigkill_with_tasks_queued_then_restart_finishes_them(
         at_kill = httpx.post(url, json=polls, headers=AUTH, timeout=60).json()["data"]
     finally:
         os.killpg(process.pid, signal.SIGKILL)  # the server and its engine process
-        process.wait()
+        process.wait(KILL_TIMEOUT_S)
     assert [item["status"] for item in at_kill].count("processing") >= 2  # queued or running
     process = start_serving(home, port)
     try:
+        items: list[dict[str, Any]] = []
 
-        def finished() -> list[dict[str, Any]]:
-            return httpx.post(url, json=polls, headers=AUTH, timeout=60).json()["data"]
+        def all_succeeded() -> bool:
+            items[:] = httpx.post(url, json=polls, headers=AUTH, timeout=60).json()["data"]
+            return all(item["status"] == "success" for item in items)
 
-        deadline = time.monotonic() + RESTART_TIMEOUT_S
-        items = finished()
-        while any(item["status"] != "success" for item in items):
-            assert time.monotonic() < deadline, items
-            time.sleep(0.2)
-            items = finished()
+        wait_until(all_succeeded, "every task to finish after the restart", RESTART_TIMEOUT_S, 0.2)
         assert [item["taskUUID"] for item in items] == [t["taskUUID"] for t in tasks]
         assert all(isinstance(item["text"], str) for item in items)
     finally:
         os.killpg(process.pid, signal.SIGTERM)
-        process.wait(30)
+        process.wait(KILL_TIMEOUT_S)

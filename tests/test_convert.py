@@ -395,6 +395,7 @@ def test_bad_checkpoint_from_the_command_line(tiny_checkpoint: Path, tmp_path: P
         capture_output=True,
         text=True,
         check=False,
+        timeout=300,
     )
     assert run.returncode == 2
     assert "is truncated" in run.stderr and "Traceback" not in run.stderr

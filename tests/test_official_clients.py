@@ -15,6 +15,8 @@ from tests.support.clients import RUNWARE_05, RUNWARE_SDK, client_dir, run_clien
 from tests.support.engines import ScriptedEngineFactory
 from tests.support.images import data_uri, png_bytes
 
+pytestmark = pytest.mark.slow  # each test runs a client in a subprocess
+
 KEY = "client-key"
 COST = 0.0004  # the scripted engine's 2.0 s of compute x 0.0002 per second
 

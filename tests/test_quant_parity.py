@@ -137,7 +137,7 @@ def native_prefill(
             _, stderr = child.communicate(timeout=300)
         except subprocess.TimeoutExpired:
             child.kill()
-            _, stderr = child.communicate()
+            _, stderr = child.communicate(timeout=30)
         probes[qtype] = Probe(child.returncode, stderr)
     return probes
 

@@ -77,6 +77,7 @@ def test_command_line(tiny_gguf: tuple[Path, Path], tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         check=False,
+        timeout=300,
     )
     assert (run.returncode, run.stdout, run.stderr) == (0, f"{out}\n", "")
     assert check_mmproj(out).file_type == 1

@@ -169,6 +169,7 @@ def test_tasks_left_by_a_stopped_server_finish_after_a_restart(
     assert finished(after, waiting).status == "success"
 
 
+@pytest.mark.slow
 def test_a_task_that_aborts_the_engine_is_retried_once_then_fails(
     make_service: Callable[..., TaskService], factory: ScriptedEngineFactory
 ) -> None:
@@ -191,6 +192,7 @@ def test_a_task_that_aborts_the_engine_is_retried_once_then_fails(
     assert service.stats()["worker"]["restarts"] == MAX_ATTEMPTS
 
 
+@pytest.mark.slow
 def test_a_task_that_aborts_once_succeeds_on_its_retry(
     make_service: Callable[..., TaskService], tmp_path: Path
 ) -> None:

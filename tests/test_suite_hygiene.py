@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support.env import REPO, child_env, edgecap_variables
 
 TESTS = Path(__file__).resolve().parent
@@ -30,6 +32,7 @@ def test_a_test_sees_only_its_own_home(edgecap_home: Path) -> None:
     assert child == {"EDGECAP_HOME"}
 
 
+@pytest.mark.slow
 def test_stray_variables_in_the_shell_do_not_reach_the_tests() -> None:
     """pytest in a child whose shell sets STRAY, on tests that depend on the defaults."""
     selected = [

@@ -93,6 +93,7 @@ def test_weight_scales_are_realistic(tiny_checkpoint: Path) -> None:
         assert weights[name][:VOCAB_END].std() > 0
 
 
+@pytest.mark.model
 def test_tensor_list_matches_transformers_for_every_preset() -> None:
     torch = require("torch")
     transformers = require("transformers")
@@ -357,6 +358,7 @@ def test_bad_arguments_are_refused(kwargs: dict, parameter: str, tmp_path: Path)
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_refuses_a_non_empty_directory_unless_forced(tmp_path: Path) -> None:
     outdir = tmp_path / "out"
     make_checkpoint(outdir, shard_size=20 * 10**6)  # four shards and an index
