@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from edgecap.convert import convert
 from edgecap.records import ModelFiles
+from edgecap.tiny import make_checkpoint
 from tests.support.env import clear_edgecap_variables, edgecap_variables
-from tools.convert import convert
-from tools.make_tiny_model import make_checkpoint
 
 # -- isolation -------------------------------------------------------------------------------
 
@@ -57,7 +57,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.model)
 
 
-# -- the tiny checkpoint (tools/make_tiny_model.py) ------------------------------------------
+# -- the tiny checkpoint (edgecap.tiny) --------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +66,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_checkpoint(tmp_path_factory.mktemp("tiny") / "hf", "tiny", seed=0)
 
 
-# -- the tiny model as GGUF (tools/convert.py) -------------------------------------------------
+# -- the tiny model as GGUF (edgecap.convert) -------------------------------------------------
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from edgecap.records import ModelFiles
 from tests.support.api import LiveServer, api_settings, install_model, live_server, new_uuid, post
 from tests.support.clients import RUNWARE_05, RUNWARE_SDK, client_dir, run_client
 from tests.support.env import child_env
-from tests.support.http import Receiver, image_host
+from tests.support.http import Receiver, free_port, image_host
 from tests.support.images import b64, data_uri, png_bytes
 from tests.support.tasks import FakeClock
 from tests.support.waiting import wait_until
@@ -183,12 +182,6 @@ def test_results_expire_to_task_expired(tmp_path: Path, tiny_model_files: ModelF
 
 
 # ---------------------------------------------------------------------------- 5: SIGKILL
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def start_serving(home: Path, port: int) -> subprocess.Popen[bytes]:

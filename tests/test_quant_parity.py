@@ -28,11 +28,11 @@ import numpy as np
 import pytest
 
 from edgecap.config import Settings
+from edgecap.convert import quantize
 from edgecap.engine.engine import Engine
 from edgecap.inputs.images import load_image
 from edgecap.records import CaptionRequest, ModelFiles, Sampling
 from tests.support.images import encoded, synthetic_photo
-from tools.quantize import quantize
 
 # (id, prompt, image size or None). Sizes are multiples of 28 so nothing is resized.
 PROMPTS = [

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from edgecap.errors import EdgecapError
+from edgecap.errors import ContextOverflow, EdgecapError, UnknownModel
 from edgecap.records import CaptionRequest
 from edgecap.runtime.worker import (
     Worker,
@@ -59,17 +59,33 @@ def test_captions_in_a_child_process_that_loaded_the_default_model(
     assert factory.lines("load") == ["None"]
 
 
-def test_errors_cross_the_process_boundary_as_values(worker: Worker) -> None:
+@pytest.mark.parametrize(
+    ("prompt", "cls", "fields"),
+    [
+        (
+            "invalid",
+            EdgecapError,
+            {"code": "invalidParameter", "message": "too big", "parameter": "maxPixels", "max": 9},
+        ),
+        (
+            "overflow",
+            ContextOverflow,
+            {"code": "invalidParameter", "message": "too long", "parameter": "maxTokens"}
+            | {"limit": 4096},
+        ),
+    ],
+)
+def test_errors_cross_the_process_boundary_as_values_of_their_own_class(
+    worker: Worker, prompt: str, cls: type[EdgecapError], fields: dict[str, object]
+) -> None:
     with pytest.raises(EdgecapError) as caught:
-        worker.run(caption_item("invalid"))
-    assert caught.value.to_dict() == {
-        "code": "invalidParameter",
-        "message": "too big",
-        "parameter": "maxPixels",
-        "max": 9,
-    }
+        worker.run(caption_item(prompt))
+    assert type(caught.value) is cls  # the subclass itself, restored in the parent
+    assert caught.value.to_dict() == fields
     assert caught.value.status == 400
 
+
+def test_a_plain_exception_in_the_engine_is_an_inference_error(worker: Worker) -> None:
     with pytest.raises(EdgecapError) as caught:
         worker.run(caption_item("bug"))
     assert caught.value.code == "inferenceError"
@@ -86,6 +102,7 @@ def test_another_model_replaces_the_loaded_one_and_load_errors_are_values(
     with pytest.raises(EdgecapError) as caught:
         worker.run(caption_item("hi", model="missing"))
     assert caught.value.code == "unknownModel"
+    assert type(caught.value) is UnknownModel  # the class itself, restored in the parent
     assert factory.lines("load") == ["None", "small"]
 
 

@@ -31,9 +31,9 @@ import httpx
 from PIL import Image
 
 from edgecap.config import Settings, load_settings
+from edgecap.convert import convert
 from edgecap.registry import Registry
-from tools.convert import convert
-from tools.make_tiny_model import make_checkpoint
+from edgecap.tiny import make_checkpoint
 
 TINY_ID = "edgecap-tiny-random"
 START_TIMEOUT_S = 180.0

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgecap.errors import EdgecapError, UnknownModel
+from edgecap.errors import ContextOverflow, EdgecapError, UnknownModel
 from edgecap.records import CaptionRequest, CaptionResult, TokenPiece
 
 # Both fakes report these stage timings: 2.0 s of compute per caption.
@@ -80,8 +80,9 @@ class ScriptedEngine:
     """Duck of edgecap.engine.engine.Engine. The prompt picks the behaviour:
 
     ``abort`` calls os.abort(); ``abort-once:<path>`` aborts unless <path> exists (and creates
-    it); ``invalid`` raises an EdgecapError; ``bug`` raises a plain exception; ``sleep:<s>``
-    sleeps; anything else is captioned as ``"<model id> saw <prompt>"``.
+    it); ``invalid`` raises an EdgecapError; ``overflow`` a ContextOverflow (a subclass);
+    ``bug`` raises a plain exception; ``sleep:<s>`` sleeps; anything else is captioned as
+    ``"<model id> saw <prompt>"``.
     """
 
     def __init__(self, model_id: str, log: Path) -> None:
@@ -101,6 +102,8 @@ class ScriptedEngine:
             raise EdgecapError(
                 "too big", code="invalidParameter", status=400, parameter="maxPixels", max=9
             )
+        if command == "overflow":
+            raise ContextOverflow("too long", parameter="maxTokens", limit=4096)
         if command == "bug":
             raise ZeroDivisionError("division by zero")
         if command == "sleep":

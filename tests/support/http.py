@@ -3,6 +3,7 @@ takes webhooks and uploads; ``image_host`` serves fixed image bytes."""
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,6 +45,13 @@ def serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[ThreadingHTTPServer
         yield server
     finally:
         stop(server, thread)
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago (for servers started in subprocesses)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def base_url(server: ThreadingHTTPServer) -> str:
