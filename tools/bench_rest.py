@@ -69,7 +69,7 @@ def start_server(home: Path, port: int, threads: int | None) -> subprocess.Popen
     if threads is not None:
         env["EDGECAP_N_THREADS"] = str(threads)
     process = subprocess.Popen(
-        [sys.executable, "-m", "edgecap", "serve", "--port", str(port)],
+        [sys.executable, "-m", "edgecap", "serve", "--port", str(port), "--log-level", "warning"],
         env=env,
         stdout=subprocess.DEVNULL,
         start_new_session=True,
