@@ -24,6 +24,7 @@ from edgecap.batch import (
     Summary,
     caption_many,
     find_images,
+    redo_summary,
 )
 from edgecap.cli.render import OUTPUT_FORMATS, OutputFormat, Renderer, random_weights_notice, say
 from edgecap.config import (
@@ -144,12 +145,11 @@ def add_parser(subparsers: Any) -> None:
     out.add_argument("--out", type=Path, metavar="FILE", help="append JSONL results to FILE")
     out.add_argument("--sidecar", action="store_true", help="write photo.txt next to photo.jpg")
     out.add_argument("--overwrite", action="store_true", help="redo images that have a sidecar")
-    out.add_argument("--resume", action="store_true", help="skip images done by an earlier run")
     out.add_argument(
-        "--journal",
-        type=Path,
-        metavar="FILE",
-        help="where finished images are recorded (default: $EDGECAP_HOME/batch-journal.jsonl)",
+        "--resume",
+        action="store_true",
+        help="skip images whose results for this same job are still in the --out file and "
+        "sidecars (journal: FILE.journal beside --out)",
     )
     parser.set_defaults(func=run)
 
@@ -196,7 +196,6 @@ def run(args: argparse.Namespace) -> int:
         sidecars=args.sidecar,
         overwrite=args.overwrite,
         resume=args.resume,
-        journal=args.journal,
         include_cost=args.include_cost,
     )
     items = find_images(args.images)
@@ -210,7 +209,10 @@ def run(args: argparse.Namespace) -> int:
         summary = _caption_with_progress(items, engine, settings, options, run_options, renderer)
     finally:
         engine.close()
-    if len(items) > 1 or summary.failed or summary.skipped:
+    redone = redo_summary(summary.redone)
+    if redone is not None:
+        print(redone, file=sys.stderr)
+    if len(items) > 1 or summary.failed or summary.skipped or summary.done:
         print(summary.line(), file=sys.stderr)
     return summary.exit_code
 
