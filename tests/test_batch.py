@@ -547,3 +547,53 @@ def test_a_file_name_that_is_not_utf8_resumes(tmp_path: Path, settings: Settings
         "0 captioned, 0 failed, 1 already in the output, 0 skipped",
         [],
     )
+
+
+# ---------------------------------------------------------------------------- manifests
+
+
+def test_manifests_list_paths_and_urls_in_jsonl_csv_and_parquet(folder: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    lists = folder.parent / "lists"
+    lists.mkdir()
+    (lists / "m.jsonl").write_text(
+        f'{{"image": "{folder / "a.png"}"}}\n"../photos/b.png"\n\n{{"url": "https://x.org/c.jpg"}}\n'
+    )
+    (lists / "m.csv").write_text(f"path,label\n{folder / 'a.png'},cat\n../photos/b.png,dog\n")
+    table = pa.table({"image": [str(folder / "a.png"), "https://x.org/c.jpg"]})
+    pq.write_table(table, lists / "m.parquet")
+
+    assert [i.source for i in find_images([str(lists / "m.jsonl")])] == [
+        folder / "a.png",
+        lists / "../photos/b.png",
+        "https://x.org/c.jpg",
+    ]
+    assert [i.source for i in find_images([str(lists / "m.csv")])] == [
+        folder / "a.png",
+        lists / "../photos/b.png",
+    ]
+    assert [i.name for i in find_images([str(lists / "m.parquet")])] == [
+        str(folder / "a.png"),
+        "https://x.org/c.jpg",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("m.jsonl", "[1, 2]\n", "m.jsonl line 1 must be a JSON object or a string."),
+        ("m.jsonl", '{"file": "a.png"}\n', "m.jsonl line 1 has no image: give it an 'image',"),
+        ("m.jsonl", "{oops\n", "m.jsonl line 1 is not JSON."),
+        ("m.csv", "", "The manifest {lists}/m.csv lists no image."),
+        ("m.csv", "image\n\n", "m.csv row 2 has no image."),
+    ],
+)
+def test_a_bad_manifest_is_refused_before_any_work(
+    tmp_path: Path, name: str, content: str, message: str
+) -> None:
+    (tmp_path / name).write_text(content)
+    with pytest.raises(InvalidParameter) as caught:
+        find_images([str(tmp_path / name)])
+    assert message.format(lists=tmp_path) in caught.value.message

@@ -587,3 +587,28 @@ def test_a_file_name_that_is_not_utf8_prints_and_resumes(
         "",
         "0 captioned, 0 failed, 2 already in the output, 0 skipped\n",
     )
+
+
+# ------------------------------------------------------ --ray flags (the cluster: test_ray.py)
+
+
+@pytest.mark.usefixtures("mine")
+def test_ray_without_ray_installed_says_how_to_install_it(
+    folder: Path,
+    engines: list[FakeEngine],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    code, out, err = run(capsys, str(folder), "--ray")
+    assert (code, out, engines) == (2, "", [])
+    assert err == "edgecap: error: --ray needs Ray, an optional extra: pip install 'edgecap[ray]'\n"
+
+
+@pytest.mark.usefixtures("mine")
+def test_engine_sizes_need_ray(
+    folder: Path, engines: list[FakeEngine], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, str(folder), "--engines", "2")
+    assert (code, engines) == (2, [])
+    assert err == "edgecap: error: --engines needs --ray: it sizes the engines of a cluster.\n"

@@ -95,14 +95,20 @@ class Ledger:
         self.journal = LineFile(path) if path is not None else None
         self.resume = self._load() if run.resume else Resume()
 
-    def is_done(self, key: str, image: ImageItem) -> bool:
-        """True if this run's destinations all hold a result of this job for ``image``."""
+    def is_done(self, key: str | None, image: ImageItem) -> bool:
+        """True if this run's destinations all hold a result of this job for ``image`` (with
+        ``key`` None, not known yet: only a line of the output the journal lacks counts)."""
         if not self.run.resume:
             return False
-        if key in self.resume.done:
+        if key is not None and key in self.resume.done:
             return True
         sidecar_ok = not self.run.sidecars or (image.sidecar is not None and image.sidecar.exists())
         return image.name in self.resume.by_line and sidecar_ok
+
+    @property
+    def done_keys(self) -> frozenset[str]:
+        """The keys whose results are all in place (empty unless resuming)."""
+        return frozenset(self.resume.done)
 
     def why_redone(self, key: str) -> str | None:
         """Why an image the journal had as done is captioned again (None: it had not)."""

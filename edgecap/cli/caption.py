@@ -1,7 +1,8 @@
-"""``edgecap caption IMAGE...``: caption files, folders, globs, URLs or stdin.
+"""``edgecap caption IMAGE...``: caption files, folders, globs, manifests, URLs or stdin.
 
 Parses and validates the flags, finds the images, resolves the model, then hands everything to
-:func:`edgecap.batch.caption_many` and prints what comes back (:mod:`edgecap.cli.render`).
+:func:`edgecap.batch.caption_many` (or, with ``--ray``, :func:`edgecap.batch.ray_run.
+caption_on_ray`) and prints what comes back (:mod:`edgecap.cli.render`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from edgecap.batch import (
     find_images,
     redo_summary,
 )
+from edgecap.batch.model_check import describe_model
+from edgecap.batch.ray_run import RayOptions, caption_on_ray, import_ray
 from edgecap.cli.render import OUTPUT_FORMATS, OutputFormat, Renderer, random_weights_notice, say
 from edgecap.config import (
     DEFAULT_MAX_PIXELS,
@@ -34,6 +37,7 @@ from edgecap.config import (
     Settings,
     load_settings,
 )
+from edgecap.errors import InvalidParameter
 from edgecap.records import ModelFiles, Sampling
 from edgecap.registry import Registry
 
@@ -69,8 +73,9 @@ def add_parser(subparsers: Any) -> None:
         help="caption images, folders, globs or URLs",
         description=(
             "Caption images. IMAGE is a file, a folder (searched recursively), a glob, an "
-            "http(s) URL, or - for stdin. Text streams for one image; folders show a progress "
-            "bar, and a bad image is reported and skipped (exit code 1)."
+            "http(s) URL, a manifest (.jsonl, .csv or .parquet listing images), or - for "
+            "stdin. Text streams for one image; folders show a progress bar, and a bad image "
+            "is reported and skipped (exit code 1). --ray runs the same on a Ray cluster."
         ),
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="what to caption")
@@ -151,6 +156,24 @@ def add_parser(subparsers: Any) -> None:
         help="skip images whose results for this same job are still in the --out file and "
         "sidecars (journal: FILE.journal beside --out)",
     )
+
+    scale = parser.add_argument_group("on a Ray cluster (pip install 'edgecap[ray]')")
+    scale.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="caption on Ray: ADDRESS is host:port or auto; none starts a local Ray",
+    )
+    scale.add_argument(
+        "--engines", type=bounded(int, 1, 4096), metavar="N", help="engine actors (default: fill)"
+    )
+    scale.add_argument(
+        "--cpus-per-engine",
+        type=bounded(int, 1, 1024),
+        metavar="K",
+        help="CPUs (and llama.cpp threads) per engine (default: the smallest node's)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -201,14 +224,20 @@ def run(args: argparse.Namespace) -> int:
     items = find_images(args.images)
     options = caption_options(args, settings)
     output: OutputFormat | None = args.output or (None if run_options.writes_files else "text")
-    renderer = Renderer(output, stream=len(items) == 1)
+    renderer = Renderer(output, stream=len(items) == 1 and args.ray is None)
 
+    cluster = ray_options(args)
     model = resolve_model(settings, args.model)
-    engine = open_engine(model, settings)
-    try:
-        summary = _caption_with_progress(items, engine, settings, options, run_options, renderer)
-    finally:
-        engine.close()
+    if cluster is not None:
+        summary = _on_ray(items, model, settings, options, run_options, cluster, renderer)
+    else:
+        engine = open_engine(model, settings)
+        try:
+            summary = _caption_with_progress(
+                items, engine, settings, options, run_options, renderer
+            )
+        finally:
+            engine.close()
     redone = redo_summary(summary.redone)
     if redone is not None:
         print(redone, file=sys.stderr)
@@ -235,6 +264,54 @@ def caption_options(args: argparse.Namespace, settings: Settings) -> CaptionOpti
     )
 
 
+def ray_options(args: argparse.Namespace) -> RayOptions | None:
+    """The cluster ``--ray`` names (None: caption here); Ray itself must be installed."""
+    if args.ray is None:
+        for flag, value in (
+            ("--engines", args.engines),
+            ("--cpus-per-engine", args.cpus_per_engine),
+        ):
+            if value is not None:
+                raise InvalidParameter(f"{flag} needs --ray: it sizes the engines of a cluster.")
+        return None
+    import_ray()  # fail before the model is resolved if Ray is missing
+    return RayOptions(
+        address=args.ray or None, engines=args.engines, cpus_per_engine=args.cpus_per_engine
+    )
+
+
+def _on_ray(
+    items: list[ImageItem],
+    model: ModelFiles,
+    settings: Settings,
+    options: CaptionOptions,
+    run_options: RunOptions,
+    cluster: RayOptions,
+    renderer: Renderer,
+) -> Summary:
+    with _progress(len(items)) as bar:
+
+        def on_outcome(outcome: Outcome) -> None:
+            bar.update(1)
+            renderer.outcome(outcome)
+
+        check = describe_model(model, settings)
+        return caption_on_ray(
+            items, check, settings, options, run_options, cluster, on_outcome=on_outcome
+        )
+
+
+def _progress(total: int) -> tqdm:
+    # The bar shows only for several images, and only on a terminal (disable=None).
+    return tqdm(
+        total=total,
+        unit="img",
+        file=sys.stderr,
+        disable=None if total > 1 else True,
+        dynamic_ncols=True,
+    )
+
+
 def _caption_with_progress(
     items: list[ImageItem],
     engine: ClosableEngine,
@@ -243,14 +320,7 @@ def _caption_with_progress(
     run_options: RunOptions,
     renderer: Renderer,
 ) -> Summary:
-    # The bar shows only for several images, and only on a terminal (disable=None).
-    with tqdm(
-        total=len(items),
-        unit="img",
-        file=sys.stderr,
-        disable=None if len(items) > 1 else True,
-        dynamic_ncols=True,
-    ) as bar:
+    with _progress(len(items)) as bar:
 
         def on_outcome(outcome: Outcome) -> None:
             bar.update(1)
