@@ -214,9 +214,18 @@ def _pipeline(ray: Any, todo: list[ImageItem], spec: _Job, engines: int, cpus: i
             batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=engines),
             num_cpus=cpus - READ_CPUS,
+            num_gpus=1 if gpu_build() else None,
             max_restarts=RESTARTS,
             max_task_retries=TASK_RETRIES,
         )
+
+
+def gpu_build() -> bool:
+    """True if this llama.cpp build offloads to a GPU: each engine then asks Ray for one
+    (the nodes are expected to run the same build as the driver)."""
+    import llama_cpp
+
+    return bool(llama_cpp.llama_supports_gpu_offload())
 
 
 # ---------------------------------------------------------------------------- on the cluster
