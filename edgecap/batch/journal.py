@@ -52,7 +52,7 @@ def job_identity(model_id: str, settings: Settings, options: CaptionOptions) -> 
     job = {
         "model": model_id,
         "prompt": options.prompt,
-        "system": options.system_prompt or settings.system_prompt,
+        "system": settings.system_prompt_for(options.system_prompt),
         "sampling": asdict(options.sampling),
         "json_schema": options.json_schema,
         "pixels": [low, high],

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from edgecap.errors import EdgecapError
+from edgecap.fsutil import write_bytes_atomic
 
 TAIL_CHUNK = 64 * 1024
 
@@ -100,33 +101,13 @@ def encode_line(record: dict[str, Any]) -> bytes:
 
 
 def write_atomic(path: Path, content: str | bytes) -> None:
-    """Write ``content`` (text as UTF-8) to ``path`` through a temporary file renamed over it,
-    fsynced."""
+    """Write ``content`` (text as UTF-8) to ``path`` atomically (:mod:`edgecap.fsutil`); an
+    error says the fix."""
     data = content.encode("utf-8") if isinstance(content, str) else content
-    tmp = path.with_name(f".{path.name}.partial")
     try:
-        with tmp.open("wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_bytes_atomic(path, data)
     except OSError as exc:
         raise EdgecapError(
             f"Could not write {path} ({exc.strerror or exc}): check the folder's "
             "permissions and the free disk space."
         ) from exc
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable on POSIX; directories cannot be opened so on Windows.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
