@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import io
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
-from api_support import api_settings, data_uri, install_model, live_server, new_uuid, post
 from PIL import Image
 
 from edgecap.config import Settings
@@ -27,6 +25,9 @@ from edgecap.engine.sampling import PENALTY_LAST_N
 from edgecap.inputs.images import load_image
 from edgecap.records import CaptionRequest, CaptionResult, ModelFiles, Sampling
 from edgecap.runtime.worker import DefaultEngineFactory, Worker, WorkItem
+from tests.support.api import api_settings, install_model, live_server, new_uuid, post
+from tests.support.images import data_uri
+from tests.support.waiting import wait_until
 
 MARGIN = 0.1  # > 3x the largest logit change batching caused on this model
 MOST_TOKENS = 12
@@ -62,6 +63,7 @@ def safe_length(engine: Engine, request: CaptionRequest) -> int:
     return MOST_TOKENS
 
 
+@pytest.mark.slow
 def test_four_concurrent_requests_succeed_with_their_lone_text(
     tmp_path: Path, tiny_model_files: ModelFiles
 ) -> None:
@@ -102,6 +104,7 @@ def test_four_concurrent_requests_succeed_with_their_lone_text(
     assert stats["tasks"]["success"] == 8
 
 
+@pytest.mark.slow
 def test_the_worker_streams_tasks_together_and_cancels_one(
     tmp_path: Path, tiny_model_files: ModelFiles
 ) -> None:
@@ -122,13 +125,16 @@ def test_the_worker_streams_tasks_together_and_cancels_one(
     try:
         for thread in threads:
             thread.start()
-        deadline = time.monotonic() + 300
-        while "b" not in pieces or pieces.count("a") < 2:  # both are streaming
-            assert time.monotonic() < deadline and all(t.is_alive() for t in threads)
-            time.sleep(0.01)
+
+        def both_streaming() -> bool:
+            assert all(t.is_alive() for t in threads), "a task ended before both streamed"
+            return "b" in pieces and pieces.count("a") >= 2
+
+        wait_until(both_streaming, "both tasks to stream", timeout=300)
         worker.cancel("b")
         for thread in threads:
             thread.join(300)
+            assert not thread.is_alive()
     finally:
         worker.stop()
     assert results["b"].finish_reason == "cancelled"

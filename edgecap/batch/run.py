@@ -4,35 +4,32 @@ With a batching engine (one with ``stream_many``) two images are in flight: the 
 encode and prefill run between the decode steps of the current one, and their tokens share
 a batch. Outcomes are reported as images finish.
 
-Also the journal's keys: an image is done for a resumed run when every destination of that run
-(the JSONL file, the sidecar) has its result for the same image, model and request.
+What a resumed run skips is decided by :class:`edgecap.batch.journal.Ledger`: an image whose
+result for this same job is still in every destination of the run.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import uuid
+from collections import Counter
 from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
-from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from edgecap.batch.journal import Ledger, image_key, job_identity
 from edgecap.batch.options import CaptionOptions, RunOptions
-from edgecap.batch.outcomes import Captioned, Failed, Outcome, Skipped, Summary
-from edgecap.batch.outputs import JOURNAL_NAME, LineFile, write_atomic
+from edgecap.batch.outcomes import AlreadyDone, Captioned, Failed, Outcome, Skipped, Summary
 from edgecap.batch.sources import ImageItem
 from edgecap.config import Settings
 from edgecap.errors import EdgecapError, InvalidParameter
-from edgecap.inputs.images import load_image, pixel_budget
+from edgecap.inputs.images import load_image
 from edgecap.protocol import result_item
 from edgecap.records import CaptionRequest, CaptionResult, LoadedImage, TokenPiece
 from edgecap.registry.digests import sha256_file
 
-DONE_BEFORE = "done in an earlier run"
 IN_FLIGHT = 2  # images captioned at once by a batching engine
 
 
@@ -85,6 +82,7 @@ def caption_many(
                 batch.caption_together(stream_many, futures, in_flight, on_piece, report)
     finally:
         batch.close()
+    summary.redone = batch.redone
     return summary
 
 
@@ -120,12 +118,12 @@ class _Prepared:
 
     image: ImageItem
     loaded: LoadedImage | None = None
-    keys: tuple[str, ...] = ()  # one per destination of its result
-    outcome: Failed | Skipped | None = None
+    key: str = ""  # the journal key of this job's result for it
+    outcome: Failed | AlreadyDone | Skipped | None = None
 
 
 class _Batch:
-    """The state of one run: the job's identity, the journal, the output files."""
+    """The state of one run: the job's identity, the outputs and their journal."""
 
     def __init__(
         self,
@@ -136,66 +134,24 @@ class _Batch:
         items: Sequence[ImageItem],
     ) -> None:
         self.engine, self.settings, self.options, self.run = engine, settings, options, run
-        self.job = self._job_identity()
-        self.sidecar_owner = self._sidecar_owners(items) if run.sidecars else {}
-        self.journal: LineFile | None = None
-        self.done: set[str] = set()
-        self.results: LineFile | None = None
-        if run.writes_files:
-            path = run.journal or settings.home / JOURNAL_NAME
-            self.journal = LineFile(path)
-            if run.resume:
-                self.done = {key for line in self.journal.read() for key in line.get("keys", ())}
-        if run.jsonl is not None:
-            self.results = LineFile(run.jsonl)
-
-    def _job_identity(self) -> str:
-        low, high = pixel_budget(
-            self.settings, min_pixels=self.options.min_pixels, max_pixels=self.options.max_pixels
-        )
-        job = {
-            "model": self.engine.model_id,
-            "prompt": self.options.prompt,
-            "system": self.options.system_prompt or self.settings.system_prompt,
-            "sampling": asdict(self.options.sampling),
-            "json_schema": self.options.json_schema,
-            "pixels": [low, high],
-        }
-        return json.dumps(job, sort_keys=True)
-
-    @staticmethod
-    def _sidecar_owners(items: Sequence[ImageItem]) -> dict[Path, ImageItem]:
-        owners: dict[Path, ImageItem] = {}
-        for item in items:
-            if item.sidecar is not None:
-                owners.setdefault(item.sidecar.resolve(), item)
-        return owners
-
-    def keys(self, image: ImageItem, sha256: str) -> tuple[str, ...]:
-        """The journal keys of this job's result for an image: one per place it is written."""
-        source = str(image.path.resolve()) if image.path is not None else image.name
-        destinations = []
-        if self.run.jsonl is not None:
-            destinations.append(f"jsonl {self.run.jsonl.resolve()}")
-        if self.run.sidecars and image.sidecar is not None:
-            destinations.append(f"sidecar {image.sidecar.resolve()}")
-        return tuple(
-            hashlib.sha256(f"{self.job}\n{source}\n{sha256}\n{d}".encode()).hexdigest()
-            for d in destinations
-        )
-
-    def is_done(self, keys: tuple[str, ...]) -> bool:
-        return self.run.resume and bool(keys) and all(key in self.done for key in keys)
+        self.job = job_identity(engine.model_id, settings, options)
+        self.sidecar_owner = sidecar_owners(items) if run.sidecars else {}
+        self.ledger = Ledger(run, items)
+        self.redone: Counter[str] = Counter()  # written by the prefetch thread only
 
     # -- ahead of time, in the prefetch thread ---------------------------------------------
 
     def prepare(self, image: ImageItem) -> _Prepared:
         """Decide whether ``image`` needs captioning and, if so, load it."""
-        early = self._skip_or_refuse(image)
-        if early is not None:
-            return _Prepared(image, outcome=early)
-        if self._done_before_decoding(image):
-            return _Prepared(image, outcome=Skipped(image, DONE_BEFORE))
+        refused = refuse_sidecar(image, self.run, self.sidecar_owner)
+        if refused is not None:
+            return _Prepared(image, outcome=refused)
+        key = self._key_before_decoding(image)
+        if key is not None and self.ledger.is_done(key, image):
+            return _Prepared(image, outcome=AlreadyDone(image))
+        exists = existing_sidecar(image, self.run)
+        if exists is not None:
+            return _Prepared(image, outcome=exists)
         try:
             loaded = load_image(
                 image.source,
@@ -205,46 +161,22 @@ class _Batch:
             )
         except EdgecapError as exc:
             return _Prepared(image, outcome=Failed(image, exc))
-        keys = self.keys(image, loaded.sha256)
-        if self.is_done(keys):
-            return _Prepared(image, outcome=Skipped(image, DONE_BEFORE))
-        return _Prepared(image, loaded, keys)
+        key = image_key(self.job, image, loaded.sha256)
+        if self.ledger.is_done(key, image):
+            return _Prepared(image, outcome=AlreadyDone(image))
+        why = self.ledger.why_redone(key)
+        if why is not None:
+            self.redone[why] += 1
+        return _Prepared(image, loaded, key)
 
-    def _done_before_decoding(self, image: ImageItem) -> bool:
+    def _key_before_decoding(self, image: ImageItem) -> str | None:
         # Hashing a file is much cheaper than decoding it: resuming a long run skips quickly.
         if not self.run.resume or image.path is None:
-            return False
-        try:
-            return self.is_done(self.keys(image, sha256_file(image.path)))
-        except OSError:
-            return False  # load_image reports it
-
-    def _skip_or_refuse(self, image: ImageItem) -> Failed | Skipped | None:
-        if not self.run.sidecars:
             return None
-        sidecar = image.sidecar
-        if sidecar is None:
-            if self.run.jsonl is not None:
-                return None  # its result goes to the JSONL file only
-            return Failed(
-                image,
-                InvalidParameter(
-                    f"{image.name} is not a file, so it has no sidecar: write its result with "
-                    "--out FILE."
-                ),
-            )
-        owner = self.sidecar_owner.get(sidecar.resolve())
-        if owner is not None and owner != image:
-            return Failed(
-                image,
-                InvalidParameter(
-                    f"its sidecar {sidecar} is also the sidecar of {owner.name}: rename one "
-                    "of the two images."
-                ),
-            )
-        if sidecar.exists() and not self.run.overwrite:
-            return Skipped(image, f"{sidecar} exists (--overwrite redoes it)")
-        return None
+        try:
+            return image_key(self.job, image, sha256_file(image.path))
+        except OSError:
+            return None  # load_image reports it
 
     # -- in turn, in the calling thread ----------------------------------------------------
 
@@ -313,27 +245,54 @@ class _Batch:
                 cost_per_second=self.settings.cost_per_second,
             ),
         )
-        self._store(captioned, prepared.keys)
+        self.ledger.store(captioned, prepared.key)
         return captioned
 
-    def _store(self, captioned: Captioned, keys: tuple[str, ...]) -> None:
-        """Write the outputs durably, then (and only then) journal the image as done."""
-        if self.run.sidecars and captioned.image.sidecar is not None:
-            write_atomic(captioned.image.sidecar, captioned.result.text)
-        if self.results is not None:
-            self.results.append(captioned.record())
-        if self.journal is not None:
-            self.journal.append(
-                {
-                    "keys": list(keys),
-                    "image": captioned.image.name,
-                    "sha256": captioned.sha256,
-                    "model": captioned.result.model,
-                    "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                }
-            )
-
     def close(self) -> None:
-        for file in (self.results, self.journal):
-            if file is not None:
-                file.close()
+        self.ledger.close()
+
+
+def sidecar_owners(items: Sequence[ImageItem]) -> dict[Path, ImageItem]:
+    """Each sidecar path of ``items`` -> the first image writing it."""
+    owners: dict[Path, ImageItem] = {}
+    for item in items:
+        if item.sidecar is not None:
+            owners.setdefault(item.sidecar.resolve(), item)
+    return owners
+
+
+def refuse_sidecar(
+    image: ImageItem, run: RunOptions, owners: dict[Path, ImageItem]
+) -> Failed | None:
+    """A failure if ``image`` needs a sidecar it cannot have (a URL, a name another owns)."""
+    if not run.sidecars:
+        return None
+    sidecar = image.sidecar
+    if sidecar is None:
+        if run.jsonl is not None:
+            return None  # its result goes to the JSONL file only
+        return Failed(
+            image,
+            InvalidParameter(
+                f"{image.name} is not a file, so it has no sidecar: write its result with "
+                "--out FILE."
+            ),
+        )
+    owner = owners.get(sidecar.resolve())
+    if owner is not None and owner != image:
+        return Failed(
+            image,
+            InvalidParameter(
+                f"its sidecar {sidecar} is also the sidecar of {owner.name}: rename one "
+                "of the two images."
+            ),
+        )
+    return None
+
+
+def existing_sidecar(image: ImageItem, run: RunOptions) -> Skipped | None:
+    """Skipped if the run writes sidecars, this image has one, and ``--overwrite`` is off."""
+    sidecar = image.sidecar
+    if run.sidecars and not run.overwrite and sidecar is not None and sidecar.exists():
+        return Skipped(image, f"{sidecar} exists (--overwrite redoes it)")
+    return None

@@ -11,12 +11,15 @@ until the current model's tasks are done, then the model is swapped (memory is t
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import time
 from collections import deque
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from edgecap.errors import EdgecapError
+from edgecap.logs import LogSetup
 from edgecap.records import CaptionRequest, CaptionResult, TokenPiece
 from edgecap.runtime.messages import WorkCancel, WorkDone, WorkError, WorkItem, WorkPiece
 
@@ -206,13 +209,21 @@ def as_edgecap(exc: BaseException) -> EdgecapError:
     return error.to_exception()
 
 
-def serve(factory: EngineFactory, conn: Connection, loaded: Event) -> None:
-    """The child's main loop: load the default model, then caption until told to stop."""
+def serve(
+    factory: EngineFactory, conn: Connection, loaded: Event, log_setup: LogSetup | None = None
+) -> None:
+    """The child's main loop: set up logging, load the default model, then caption until told
+    to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    if log_setup is not None:
+        log_setup.apply()
+    logger.info("Engine process %d started; loading the default model", os.getpid())
     engines = _Engines(factory)
     try:
+        started = time.perf_counter()
         engines.get(None)
         loaded.set()
+        logger.info("Loaded the default model in %.1f s", time.perf_counter() - started)
     except Exception as exc:  # reported to the first task that needs the default model
         logger.warning("Could not load the default model: %s", exc)
     try:

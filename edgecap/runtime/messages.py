@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgecap.errors import EdgecapError, InferenceError
+from edgecap.errors import EdgecapError, InferenceError, error_class
 from edgecap.records import CaptionRequest, CaptionResult
 
 
@@ -41,8 +41,10 @@ class WorkPiece:
 
 @dataclass(frozen=True)
 class WorkError:
-    """An :class:`EdgecapError` as a plain value, so it can cross the process boundary."""
+    """An :class:`EdgecapError` as plain values, so it can cross the process boundary; the
+    parent gets back the same subclass (looked up by name in :mod:`edgecap.errors`)."""
 
+    kind: str  # the class name, e.g. "UnknownModel"
     code: str
     status: int
     message: str
@@ -53,10 +55,12 @@ class WorkError:
     def from_exception(cls, exc: BaseException) -> WorkError:
         if not isinstance(exc, EdgecapError):
             exc = InferenceError(f"The engine failed: {type(exc).__name__}: {exc}")
-        return cls(exc.code, exc.status, exc.message, exc.parameter, dict(exc.extra))
+        return cls(
+            type(exc).__name__, exc.code, exc.status, exc.message, exc.parameter, dict(exc.extra)
+        )
 
     def to_exception(self) -> EdgecapError:
-        return EdgecapError(
+        return error_class(self.kind)(
             self.message,
             code=self.code,
             status=self.status,

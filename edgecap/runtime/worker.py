@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from edgecap.config import Settings
-from edgecap.errors import EdgecapError, InferenceError, ModelNotReady
+from edgecap.errors import EdgecapError, InferenceError, WorkerCrashed, WorkerStopped
+from edgecap.logs import LogSetup
 from edgecap.records import CaptionResult
 from edgecap.runtime.child import CaptionEngine, EngineFactory, serve
 from edgecap.runtime.messages import WorkCancel, WorkDone, WorkError, WorkItem, WorkPiece
@@ -68,14 +69,6 @@ class DefaultEngineFactory:
         from edgecap.registry import Registry
 
         return Engine(Registry(self.settings).resolve(model), self.settings)
-
-
-class WorkerCrashed(InferenceError):
-    """The child process died while it was working on a task."""
-
-
-class WorkerStopped(ModelNotReady):
-    """:meth:`Worker.stop` was called before or while a task ran."""
 
 
 @dataclass(eq=False)
@@ -133,8 +126,10 @@ class _Child:
 class Worker:
     """The parent's handle on the engine process. Thread-safe: tasks run concurrently."""
 
-    def __init__(self, engine_factory: EngineFactory) -> None:
+    def __init__(self, engine_factory: EngineFactory, *, log_setup: LogSetup | None = None) -> None:
+        """``log_setup``: how the engine process logs (None: it configures no logging)."""
         self._factory = engine_factory
+        self._log_setup = log_setup
         self._context = multiprocessing.get_context("spawn")
         self._lock = threading.Lock()  # guards the child's identity (start, restart, stop)
         self._stopping = threading.Event()
@@ -218,13 +213,16 @@ class Worker:
             if self._reader is not None:
                 self._reader.join(grace_s)  # wakes every waiter: they raise WorkerStopped
             child.conn.close()
+            # Drop the child and its Event now: their semaphores are released here, not
+            # reported as leaked by multiprocessing's resource tracker at exit.
+            self._child = None
 
     def _spawn(self) -> None:
         parent_end, child_end = self._context.Pipe()
         loaded = self._context.Event()
         process = self._context.Process(
             target=serve,
-            args=(self._factory, child_end, loaded),
+            args=(self._factory, child_end, loaded, self._log_setup),
             name="edgecap-engine",
             daemon=True,
         )

@@ -14,14 +14,14 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from edgecap.inputs import images, netguard
 from edgecap.config import Settings
 from edgecap.errors import DownloadFailed, EdgecapError, InvalidParameter
-from edgecap.records import CaptionRequest, LoadedImage, Sampling
+from edgecap.inputs import images, netguard
+from edgecap.records import CaptionRequest, LoadedImage
 from edgecap.registry import Registry
+from edgecap.runtime.service import CaptionJob
 from edgecap.server.schema import CaptionTask
 from edgecap.server.uploads import UploadStore, is_media_uuid, is_url, wire_image
-from edgecap.runtime.service import CaptionJob
 
 INLINE_KEPT_CHARS = 256
 
@@ -91,10 +91,8 @@ def make_jobs(task: CaptionTask, raw: dict[str, Any], inputs: JobInputs) -> list
         load_task_image(source, parameter, task, inputs)
         for source, parameter in zip(task.image_sources(), image_parameters(task), strict=True)
     ]
-    sampling = Sampling(
-        temperature=task.temperature if task.temperature is not None else 0.0,
-        seed=task.seed if task.seed is not None else 0,
-        max_tokens=task.max_tokens or settings.max_tokens,
+    sampling = settings.sampling_for(
+        temperature=task.temperature, seed=task.seed, max_tokens=task.max_tokens
     )
     json_schema = task.json_schema
     if json_schema is None and task.response_format == "json":
@@ -107,7 +105,7 @@ def make_jobs(task: CaptionTask, raw: dict[str, Any], inputs: JobInputs) -> list
             request=CaptionRequest(
                 image=image,
                 prompt=task.instruction() or settings.default_prompt,
-                system_prompt=settings.system_prompt,
+                system_prompt=None,  # the API has none: the engine applies the server's
                 sampling=sampling,
                 json_schema=json_schema,
             ),
