@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: demo test test-fast lint typecheck pytest bench bench-rest clean
+.PHONY: demo test test-fast lint typecheck pytest bench bench-caption bench-rest clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -45,7 +45,18 @@ test: lint typecheck pytest
 test-fast: $(VENV)/.test
 	$(PY) -m pytest -m "not model and not slow"
 
-bench: $(VENV)/.runtime
+$(VENV)/.bench: pyproject.toml | $(PY)
+	$(PIP) install --quiet -e '.[bench]'
+	@touch $@ $(VENV)/.runtime
+
+# Side by side: edgecap vs llama-cpp-python's MTMDChatHandler (vs transformers with
+# BENCH_ARGS="--systems edgecap,mtmd-default,mtmd-flash,transformers-f32"); writes
+# docs/benchmarks.{md,json,png}. The bench preset is built once under build/bench.
+bench: $(VENV)/.bench
+	$(PY) -m tools.bench_compare $(BENCH_ARGS)
+
+# One caption on the bench preset, per-stage timings as JSON.
+bench-caption: $(VENV)/.runtime
 	$(PY) -m tools.bench
 
 bench-rest: $(VENV)/.runtime
