@@ -49,6 +49,17 @@ def encode_table(encode: dict[str, Any]) -> list[str]:
     return lines
 
 
+def growth_lines(growth: dict[str, Any]) -> list[str]:
+    lines = []
+    for kind, g in growth.items():
+        per = ", ".join(f"{n}: {ms} ms" for n, ms in g["ms_per_token"].items())
+        lines.append(
+            f"- {kind}: encode per image token {per}; fit t = a·n + b·n² puts "
+            f"{100 * g['quadratic_share_at_max']:.0f}% of the largest encode in the n² term"
+        )
+    return lines
+
+
 def concurrency_table(conc: dict[str, Any]) -> list[str]:
     lines = [
         "| requests (4 in all) | in flight | wall s | tokens/s | × one at a time | peak RSS MB |",

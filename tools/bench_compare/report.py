@@ -47,6 +47,33 @@ def encodes(runs: Runs) -> dict[str, dict[str, float]]:
     return {k: spread([r["encode_s"][k] for r in good]) for k in keys}
 
 
+def encode_growth(encode: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """Per projector type: encode time per image token at each budget, and a least-squares fit
+    ``t = a*n + b*n^2`` (n = image tokens) with the share of ``b*n^2`` at the largest n: a share
+    well above zero means encode grows faster than the patch count (the dense window mask)."""
+    import numpy as np
+
+    out: dict[str, Any] = {}
+    for kind in sorted({k.split("@")[0] for k in encode}):
+        points = sorted(
+            (int(k.split("@")[1]), v["median"])
+            for k, v in encode.items()
+            if k.startswith(kind + "@")
+        )
+        if len(points) < 2:
+            continue
+        n = np.array([p[0] for p in points], dtype=float)
+        t = np.array([p[1] for p in points])
+        (_a, b), *_ = np.linalg.lstsq(np.stack([n, n * n], axis=1), t, rcond=None)
+        out[kind] = {
+            "ms_per_token": {
+                str(int(x)): round(1000 * y / x, 2) for x, y in zip(n, t, strict=True)
+            },
+            "quadratic_share_at_max": round(float(b * n[-1] ** 2 / t[-1]), 3),
+        }
+    return out
+
+
 def concurrency(runs: Runs) -> dict[str, dict[str, Any]]:
     """Per mode and in-flight count: throughput spread and its ratio to one at a time."""
     out: dict[str, dict[str, Any]] = {}
@@ -203,6 +230,7 @@ def summarize(
             if any("error" in r for r in v)
         },
     }
+    summary["encode_growth"] = encode_growth(summary["encode"])
     summary["targets"] = targets(summary, budget)
     return summary
 

@@ -83,6 +83,7 @@ def edgecap_encode(spec: Spec) -> dict[str, Any]:
                 image = load_image(png(spec["seed"], size_of({"size": size})), settings)
                 result = engine.caption(_request(image, PROMPTS[0], 1))
             out[f"{label}@{result.image_tokens}"] = result.timings["encode"]
+            print(json.dumps({"partial": out}), file=sys.stderr, flush=True)
     return {"encode_s": out}
 
 
@@ -174,8 +175,16 @@ def run(spec: Spec) -> dict[str, Any]:
         runner = RUNNERS[spec["system"]]
     started = time.perf_counter()
     figures = runner(spec)
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {**figures, "total_s": time.perf_counter() - started, "peak_rss_mb": peak_kb / 1024}
+    return {**figures, "total_s": time.perf_counter() - started, "peak_rss_mb": peak_rss_mb()}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM) in MB. Not ``ru_maxrss``: Linux carries that
+    over from the parent through fork and exec, so a child would report the parent's peak."""
+    for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 if __name__ == "__main__":
