@@ -1,12 +1,13 @@
 # edgecap — two commands do everything on a fresh machine:
 #   make demo   create .venv, install, caption a sample image (tiny random model if no real one)
 #   make test   install test dependencies, lint, type-check, run the whole suite
+#   make wheelhouse  an offline install bundle in dist/ (TUNED=1: add a CPU-tuned llama.cpp)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: demo test lint typecheck pytest bench clean
+.PHONY: demo test lint typecheck pytest bench wheelhouse clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +43,10 @@ test: lint typecheck pytest
 
 bench: $(VENV)/.runtime
 	$(PY) -m tools.bench
+
+# The portable llama.cpp wheel is compiled once and cached ($$XDG_CACHE_HOME/edgecap/wheels).
+wheelhouse: | $(PY)
+	$(PY) tools/wheelhouse.py --out dist/wheelhouse $(if $(TUNED),--tuned)
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache
