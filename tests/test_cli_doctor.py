@@ -145,3 +145,26 @@ def test_smoke_model_uses_the_named_model(
     assert lines[-2].startswith("ok    smoke     mine captioned the sample in ")
     assert lines[-1] == "edgecap works"
     assert [e.model_id for e in engines] == ["mine"]
+
+
+@pytest.mark.usefixtures("engines")
+def test_doctor_says_a_local_conversion_stands_in_for_the_catalog_model(
+    edgecap_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = edgecap_home / "registered"
+    files.mkdir()
+    (files / "t.gguf").write_bytes(b"text")
+    (files / "m.gguf").write_bytes(b"mmproj")
+    code = main(
+        ["models", "register", "my-qwen", "--text", str(files / "t.gguf"), "--mmproj"]
+        + [str(files / "m.gguf"), "--as", "qwen2.5-vl-7b-instruct"]
+    )
+    assert code == 0
+    capsys.readouterr()
+    code, lines, _ = run(capsys, "--json")
+    models = next(c for c in json.loads("\n".join(lines))["checks"] if c["name"] == "models")
+    assert models["detail"] == (
+        "1 installed; default my-qwen (files verified); qwen2.5-vl-7b-instruct is served by "
+        "my-qwen, a local conversion standing in for the published files"
+    )
+    assert models["stand_ins"] == {"my-qwen": "qwen2.5-vl-7b-instruct"}

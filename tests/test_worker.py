@@ -9,16 +9,18 @@ parent sees what the child did.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from edgecap.errors import EdgecapError, UnknownModel
-from edgecap.records import CaptionRequest, CaptionResult
+from edgecap.records import CaptionRequest, CaptionResult, TokenPiece
 from edgecap.runtime.worker import (
     Worker,
     WorkerCrashed,
@@ -69,6 +71,13 @@ class ScriptedEngine:
             timings={"load_image": 0.5, "encode": 1.0, "prefill": 0.25, "generate": 0.25},
             model=f"{self.model_id}@{os.getpid()}",
         )
+
+    def stream(self, request: CaptionRequest) -> Iterator[TokenPiece | CaptionResult]:
+        """The caption's words as pieces (spaces kept), then the result."""
+        result = self.caption(request)
+        for word in re.findall(r"\S+\s*", result.text):
+            yield TokenPiece(word)
+        yield result
 
     def close(self) -> None:
         pass
@@ -126,6 +135,18 @@ def test_captions_in_a_child_process_that_loaded_the_default_model(
     assert result.text == "default saw hello"
     assert result.model.split("@")[1] != str(os.getpid())
     assert factory.lines("load") == ["None"]
+
+
+def test_a_streamed_item_sends_its_pieces_before_the_result(worker: Worker) -> None:
+    pieces: list[str] = []
+    item = WorkItem("t2", None, CaptionRequest(image=None, prompt="a b c"), stream=True)
+    result = worker.run(item, on_piece=pieces.append)
+    assert pieces == ["default ", "saw ", "a ", "b ", "c"]
+    assert "".join(pieces) == result.text
+    # An error while streaming is still a value, and the next item is not disturbed.
+    with pytest.raises(EdgecapError, match="too big"):
+        worker.run(WorkItem("t3", None, CaptionRequest(image=None, prompt="invalid"), True))
+    assert worker.run(caption_item("after")).text == "default saw after"
 
 
 def test_errors_cross_the_process_boundary_as_values(worker: Worker) -> None:

@@ -47,6 +47,7 @@ from edgecap.records import (
     TokenPiece,
 )
 from edgecap.engine.sampling import LoopGuard, make_grammar, make_sampler
+from edgecap.engine.stops import StopScanner
 
 N_SLOTS = 4  # sequences sharing the context (each keeps its own prefix cache)
 
@@ -204,7 +205,10 @@ class Engine:
     def _render(self, request: CaptionRequest) -> str:
         system = request.system_prompt or self.settings.system_prompt
         return self._template.render(
-            request.prompt, system_prompt=system, with_image=request.image is not None
+            request.prompt,
+            system_prompt=system,
+            with_image=request.image is not None,
+            history=request.history,
         )
 
     def _generate(self, request: CaptionRequest) -> Iterator[TokenPiece | CaptionResult]:
@@ -230,6 +234,7 @@ class Engine:
         sampler = make_sampler(self._model, request.sampling, grammar)
         batch = llama_cpp.llama_batch_init(1, 0, 1)
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        stops = StopScanner(request.sampling.stop)
         tokens: list[int] = []
         pieces: list[str] = []
         finish: FinishReason = "length"
@@ -241,10 +246,13 @@ class Engine:
                     finish = "stop"
                     break
                 tokens.append(token)
-                piece = decoder.decode(self._token_bytes(token))
+                piece = stops.feed(decoder.decode(self._token_bytes(token)))
                 pieces.append(piece)
                 if piece:
                     yield TokenPiece(piece)
+                if stops.stopped:
+                    finish = "stop"
+                    break
                 if self._loop_guard.loop_start(tokens) is not None:
                     finish = "loop"
                     break
@@ -258,7 +266,10 @@ class Engine:
             sampler.close()
         timings["generate"] = time.perf_counter() - started
 
-        text = "".join(pieces) + decoder.decode(b"", final=True)
+        tail = stops.feed(decoder.decode(b"", final=True)) + stops.flush()
+        if tail:
+            yield TokenPiece(tail)
+        text = "".join(pieces) + tail
         if finish == "loop":
             cut = self._loop_guard.loop_start(tokens) or len(tokens)
             text = self._model.detokenize(tokens[:cut]).decode("utf-8", "replace")

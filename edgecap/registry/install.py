@@ -243,6 +243,7 @@ def register_files(
     *,
     random_weights: bool,
     progress: bool,
+    stands_in_for: str | None = None,
 ) -> InstalledModel:
     """Record two GGUF files where they are, with their digests as of now."""
     paths: dict[Role, Path] = {
@@ -276,6 +277,7 @@ def register_files(
         installed_at=utc_now(),
         text=files["text"],
         mmproj=files["mmproj"],
+        stands_in_for=stands_in_for,
     )
     install(store, record, {})
     return record

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from edgecap.errors import EdgecapError, NotFound, TaskExpired
-from edgecap.records import CaptionRequest, LoadedImage, Sampling
+from edgecap.records import CaptionRequest, ChatTurn, LoadedImage, Sampling
 
 TaskStatus = Literal["queued", "processing", "success", "error"]
 DeliveryKind = Literal["webhook", "upload"]
@@ -447,6 +447,7 @@ def _encode_job(job: CaptionJob) -> str:
             "system_prompt": request.system_prompt,
             "sampling": asdict(request.sampling),
             "json_schema": request.json_schema,
+            "history": [asdict(turn) for turn in request.history],
             "image": {k: v for k, v in asdict(image).items() if k != "rgb"} if image else None,
         }
     )
@@ -460,8 +461,9 @@ def _decode_job(row: sqlite3.Row) -> CaptionJob:
         image=image,
         prompt=data["prompt"],
         system_prompt=data["system_prompt"],
-        sampling=Sampling(**data["sampling"]),
+        sampling=_sampling(data["sampling"]),
         json_schema=data["json_schema"],
+        history=tuple(ChatTurn(**turn) for turn in data.get("history", ())),
     )
     return CaptionJob(
         task_uuid=row["task_uuid"],
@@ -474,6 +476,10 @@ def _decode_job(row: sqlite3.Row) -> CaptionJob:
         fingerprint=row["fingerprint"],
         original_task=json.loads(row["original_task"]),
     )
+
+
+def _sampling(data: dict[str, Any]) -> Sampling:
+    return Sampling(**{**data, "stop": tuple(data.get("stop", ()))})
 
 
 def _record(row: sqlite3.Row) -> TaskRecord:

@@ -18,13 +18,13 @@ import multiprocessing
 import multiprocessing.connection
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from edgecap.config import Settings
 from edgecap.errors import EdgecapError, InferenceError, ModelNotReady
-from edgecap.records import CaptionRequest, CaptionResult
+from edgecap.records import CaptionRequest, CaptionResult, TokenPiece
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -40,6 +40,8 @@ class CaptionEngine(Protocol):
     """The part of :class:`edgecap.engine.engine.Engine` the worker uses."""
 
     def caption(self, request: CaptionRequest) -> CaptionResult: ...
+
+    def stream(self, request: CaptionRequest) -> Iterator[TokenPiece | CaptionResult]: ...
 
     def close(self) -> None: ...
 
@@ -71,11 +73,24 @@ class WorkerStopped(ModelNotReady):
 
 @dataclass(frozen=True)
 class WorkItem:
-    """One caption for the child: which model, which request."""
+    """One caption for the child: which model, which request; with ``stream``, the child
+    sends each text piece (:class:`WorkPiece`) as it is generated, before the result."""
 
     task_uuid: str
     model: str | None
     request: CaptionRequest
+    stream: bool = False
+
+
+@dataclass(frozen=True)
+class WorkPiece:
+    """A piece of generated text of a streamed :class:`WorkItem`."""
+
+    task_uuid: str
+    text: str
+
+
+PieceSink = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -137,8 +152,11 @@ class Worker:
         self._stopping.clear()
         self._spawn()
 
-    def run(self, item: WorkItem) -> CaptionResult:
-        """Caption ``item`` in the child. Raises the task's error, or :class:`WorkerCrashed`."""
+    def run(self, item: WorkItem, on_piece: PieceSink | None = None) -> CaptionResult:
+        """Caption ``item`` in the child. Raises the task's error, or :class:`WorkerCrashed`.
+
+        A streamed item's pieces are passed to ``on_piece`` (on this thread) as they arrive.
+        """
         with self._lock:
             if self._stopping.is_set() or self._process is None or self._conn is None:
                 raise WorkerStopped("The worker is stopping; the task will run after a restart.")
@@ -146,7 +164,7 @@ class Worker:
                 self._restart()
             try:
                 self._conn.send(item)
-                reply = self._await_reply()
+                reply = self._await_reply(on_piece)
             except (OSError, EOFError):
                 reply = None
             if reply is None:
@@ -198,17 +216,21 @@ class Worker:
         child_end.close()  # else the parent would never see EOF when the child dies
         self._conn = parent_end
 
-    def _await_reply(self) -> WorkDone | None:
-        """The child's reply, or None if it died first."""
+    def _await_reply(self, on_piece: PieceSink | None) -> WorkDone | None:
+        """The child's reply, or None if it died first; pieces before it go to ``on_piece``."""
         assert self._process is not None and self._conn is not None
-        multiprocessing.connection.wait([self._conn, self._process.sentinel])
-        if not self._conn.poll():  # died without a word
-            return None
-        try:
-            reply: WorkDone = self._conn.recv()
-        except EOFError:
-            return None
-        return reply
+        while True:
+            multiprocessing.connection.wait([self._conn, self._process.sentinel])
+            if not self._conn.poll():  # died without a word
+                return None
+            try:
+                reply: WorkDone | WorkPiece = self._conn.recv()
+            except EOFError:
+                return None
+            if not isinstance(reply, WorkPiece):
+                return reply
+            if on_piece is not None:
+                on_piece(reply.text)
 
     def _crashed(self) -> EdgecapError:
         """The error for a task whose child died (or was stopped); restarts the child."""
@@ -283,7 +305,7 @@ def serve(factory: EngineFactory, conn: Connection, loaded: Event) -> None:
         logger.warning("Could not load the default model: %s", exc)
     try:
         while (item := _receive(conn)) is not None:
-            conn.send(_caption(engines, item))
+            conn.send(_caption(engines, item, conn))
             if engines.holds(None):
                 loaded.set()  # the default model loaded late (it had failed at start)
     finally:
@@ -298,9 +320,15 @@ def _receive(conn: Connection) -> WorkItem | None:
     return item
 
 
-def _caption(engines: _Engines, item: WorkItem) -> WorkDone:
+def _caption(engines: _Engines, item: WorkItem, conn: Connection) -> WorkDone:
     try:
-        result = engines.get(item.model).caption(item.request)
+        engine = engines.get(item.model)
+        if not item.stream:
+            return WorkDone(item.task_uuid, engine.caption(item.request))
+        for out in engine.stream(item.request):
+            if isinstance(out, CaptionResult):
+                return WorkDone(item.task_uuid, out)
+            conn.send(WorkPiece(item.task_uuid, out.text))
+        raise InferenceError("The engine's stream ended without a result.")
     except Exception as exc:
         return WorkDone(item.task_uuid, None, WorkError.from_exception(exc))
-    return WorkDone(item.task_uuid, result)
