@@ -151,6 +151,9 @@ ResponseFormat = Annotated[
 ]
 
 
+StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
+
+
 class StreamOptions(_Model):
     include_usage: bool = False
     include_obfuscation: bool | None = Field(None, description="Accepted and ignored")
@@ -164,7 +167,7 @@ class ChatCompletionRequest(_Model):
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     seed: int | None = Field(None, ge=-(2**63), lt=2**63)
-    stop: str | list[str] | None = None
+    stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOPS)] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     response_format: ResponseFormat | None = None
