@@ -16,7 +16,7 @@ from edgecap import __version__
 from edgecap.errors import EdgecapError
 
 # Subcommand modules, in the order ``--help`` lists them.
-SUBCOMMANDS = ("caption", "serve", "models", "doctor", "demo")
+SUBCOMMANDS = ("caption", "serve", "models", "doctor", "demo", "config")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,6 +19,13 @@ def add_parser(subparsers: Any) -> None:
         description="Serve the Runware-compatible caption API: POST /v1, WebSocket /v1, "
         "/docs, /healthz, /readyz, /metrics. See docs/api.md.",
     )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="a TOML configuration file (default: $EDGECAP_CONFIG); flags and EDGECAP_* "
+        "variables override it (docs/configuration.md)",
+    )
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=port_number, help="port to listen on (default 8080)")
     parser.add_argument(
@@ -54,16 +61,18 @@ def port_number(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    keys = list(args.api_keys or [])
-    if args.api_key_file is not None:
-        keys += load_key_file(args.api_key_file)
     settings = load_settings(
+        args.config,
         host=args.host,
         port=args.port,
-        api_keys=keys or None,
+        api_keys=args.api_keys,
+        api_key_file=args.api_key_file,
         offline=args.offline,
         model=args.model,
     )
+    if settings.api_key_file is not None:
+        keys = [*settings.api_keys, *load_key_file(settings.api_key_file)]
+        settings = settings.model_copy(update={"api_keys": keys})
     # Refuse a bad bind and a missing model before anything starts; say so when the weights
     # are the demo model's random ones.
     check_bind(

@@ -29,12 +29,15 @@ def serve(settings: Settings, *, allow_unauthenticated_public_bind: bool = False
     )
     if warning:
         print(f"\n{'!' * 78}\n{warning}\n{'!' * 78}\n", file=sys.stderr, flush=True)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     app = create_app(settings, TaskService(settings), Registry(settings))
     uvicorn.run(
         app,
         host=settings.host,
         port=settings.port,
         ws_max_size=settings.max_body_bytes,
-        log_level="info",
+        log_level=settings.log_level,
         timeout_graceful_shutdown=5,
     )
