@@ -155,10 +155,9 @@ def test_doctor_says_a_local_conversion_stands_in_for_the_catalog_model(
     files.mkdir()
     (files / "t.gguf").write_bytes(b"text")
     (files / "m.gguf").write_bytes(b"mmproj")
-    code = main(
-        ["models", "register", "my-qwen", "--text", str(files / "t.gguf"), "--mmproj"]
-        + [str(files / "m.gguf"), "--as", "qwen2.5-vl-7b-instruct"]
-    )
+    text, mmproj = str(files / "t.gguf"), str(files / "m.gguf")
+    code = main(["models", "register", "my-qwen", "--text", text, "--mmproj", mmproj,
+                 "--as", "qwen2.5-vl-7b-instruct"])  # fmt: skip
     assert code == 0
     capsys.readouterr()
     code, lines, _ = run(capsys, "--json")
