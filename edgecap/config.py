@@ -13,10 +13,10 @@ import os
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any
 
 import platformdirs
-from pydantic import Field, ValidationError
+from pydantic import BeforeValidator, Field, ValidationError
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -27,6 +27,7 @@ from pydantic_settings import (
 
 from edgecap.config_file import describe_line, read_config
 from edgecap.errors import InvalidParameter
+from edgecap.logs import LogFormat, LogLevel
 
 PIXELS_PER_TOKEN = 28 * 28  # one image token = a 28x28 pixel cell after the 2x2 merge
 
@@ -38,10 +39,21 @@ DEFAULT_MIN_PIXELS = 4 * PIXELS_PER_TOKEN
 DEFAULT_MAX_PIXELS = 1024 * PIXELS_PER_TOKEN
 CEILING_MAX_PIXELS = 4096 * PIXELS_PER_TOKEN
 
+# Limits of a request, the one place each is typed: the API schema, the CLI flags and the
+# settings all read them.
+MAX_TOKENS_LIMIT = 8192  # the longest answer anyone may ask for
+MAX_TEMPERATURE = 2.0  # temperature runs from 0 (greedy) to this
+MAX_SEED = 2**32 - 1  # seeds run from 0 to this (llama.cpp's uint32)
+MAX_TTL_S = 365 * 24 * 3600  # results are kept at most a year, whatever ttl asks: not an archive
+
 DEFAULT_PROMPT = (
     "Describe this image in detail, including the main subjects, their actions, "
     "the setting, colors, and any visible text."
 )
+
+
+def _upper(value: Any) -> Any:
+    return value.upper() if isinstance(value, str) else value
 
 
 def default_home() -> Path:
@@ -90,7 +102,7 @@ class Settings(BaseSettings):
     image_cache_dir: Path | None = Field(None, description="Persist image embeddings here")
     system_prompt: str | None = None
     default_prompt: str = DEFAULT_PROMPT
-    max_tokens: int = Field(256, ge=1, le=8192)
+    max_tokens: int = Field(256, ge=1, le=MAX_TOKENS_LIMIT)
 
     # Server
     host: str = "127.0.0.1"
@@ -100,11 +112,14 @@ class Settings(BaseSettings):
     queue_size: int = Field(64, ge=1)
     sync_timeout_s: float = Field(120.0, gt=0)
     max_body_bytes: int = Field(48 * 1024 * 1024, gt=0)
-    result_ttl_s: int = Field(24 * 3600, ge=60)
+    result_ttl_s: int = Field(24 * 3600, ge=60, le=MAX_TTL_S)
     upload_retention_days: int = Field(30, ge=1)
     cost_per_second: float = Field(0.0002, ge=0, description="USD per compute second")
     webhook_retries: int = Field(5, ge=0, le=20)
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # Logging (the server and its engine process; see edgecap.logs)
+    log_level: Annotated[LogLevel, BeforeValidator(_upper)] = "INFO"
+    log_format: LogFormat = Field("text", description="text, or json: one JSON object a line")
 
     @classmethod
     def settings_customise_sources(
@@ -121,6 +136,10 @@ class Settings(BaseSettings):
             return (init_settings, env_settings)
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, path))
 
+    def system_prompt_for(self, asked: str | None) -> str | None:
+        """The system prompt a request gets: its own, else the server's (may be None)."""
+        return asked or self.system_prompt
+
     @property
     def models_dir(self) -> Path:
         return self.home / "models"
@@ -132,6 +151,12 @@ class Settings(BaseSettings):
     @property
     def uploads_dir(self) -> Path:
         return self.home / "uploads"
+
+
+def default_of(name: str) -> Any:
+    """The default of the setting ``name`` (for help texts that state it)."""
+    info = Settings.model_fields[name]
+    return info.get_default(call_default_factory=True)
 
 
 # The configuration file of the Settings being built (a context variable, so that Settings

@@ -62,7 +62,7 @@ def test_the_documented_example_loads_and_names_every_setting(
     uncommented = re.sub(r"^# (\w+ =)", r"\1", text, flags=re.M)
     everything = load_settings(write(tmp_path / "all.toml", uncommented))
     assert everything.api_key_file == Path("/etc/edgecap/keys")
-    assert everything.log_level == "info" and everything.n_threads == 4
+    assert everything.log_level == "INFO" and everything.n_threads == 4
 
 
 def test_precedence_is_flag_then_env_then_file_then_default(
@@ -169,7 +169,7 @@ def test_serve_with_a_config_file_for_real(tmp_path: Path, tiny_model_files: Mod
     config = write(
         tmp_path / "edgecap.toml",
         f'home = "{home}"\nport = {port}\napi_key_file = "{keys}"\nn_threads = 1\n'
-        'log_level = "warning"\n',
+        'log_level = "WARNING"\n',
     )
     Registry(Settings(home=home)).register_local(
         "my-tiny", tiny_model_files.text, tiny_model_files.mmproj, random_weights=True

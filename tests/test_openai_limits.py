@@ -239,6 +239,7 @@ def slow_server(tmp_path: Path) -> Iterator[LiveServer]:
 def test_the_same_queue_and_timeout_as_captions(slow_server: LiveServer) -> None:
     error = error_of(chat(slow_server, request("sleep:1"), headers={}), 504)
     assert (error["type"], error["code"]) == ("server_error", "timeoutProvider")
+    wait_for(lambda: slow_server.service.store.counts().get("processing", 0) == 0)  # it goes on
     busy = [
         {"taskType": "caption", "taskUUID": new_uuid(), "inputs": {"image": b64(png_bytes())},
          "prompt": "sleep:2", "deliveryMethod": "async"}

@@ -21,10 +21,10 @@ from starlette.concurrency import run_in_threadpool
 
 from edgecap import __version__
 from edgecap.config import Settings
+from edgecap.protocol import Reply, unexpected_error
 from edgecap.registry import Registry
+from edgecap.runtime.service import TaskService
 from edgecap.server.auth import ApiKeys
-from edgecap.server.envelope import Reply
-from edgecap.server.errors import unexpected_error
 from edgecap.server.handlers import Context
 from edgecap.server.metrics import Metrics
 from edgecap.server.openai import make_openai_router
@@ -32,7 +32,6 @@ from edgecap.server.routes import make_router
 from edgecap.server.schema import TASK_MODELS
 from edgecap.server.uploads import UploadStore
 from edgecap.server.ws import Connection, Sessions
-from edgecap.runtime.service import TaskService
 
 logger = logging.getLogger(__name__)
 

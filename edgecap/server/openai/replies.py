@@ -16,8 +16,8 @@ from typing import Any
 from fastapi.responses import JSONResponse
 
 from edgecap.errors import EdgecapError
+from edgecap.protocol import WIRE_NAMES
 from edgecap.records import CaptionResult, TokenPiece
-from edgecap.server.errors import WIRE_NAMES
 
 # finish_reason by the engine's finish reason: a cut repetition loop ends like a stop.
 FINISH_REASONS = {"stop": "stop", "length": "length", "loop": "stop", "cancelled": "stop"}

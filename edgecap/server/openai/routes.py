@@ -14,11 +14,10 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from edgecap.errors import EdgecapError, InvalidParameter, NotFound
+from edgecap.errors import BadRequestBody, EdgecapError, InvalidParameter, UnknownModel
 from edgecap.records import CaptionResult
 from edgecap.server.auth import bearer_key
 from edgecap.server.body import THREADPOOL_JSON_BYTES, decode_json, read_body
-from edgecap.server.errors import BadRequestBody
 from edgecap.server.handlers import Context
 from edgecap.server.openai.convert import make_job
 from edgecap.server.openai.replies import Completion, error_response, sse_events
@@ -70,10 +69,8 @@ def make_openai_router(ctx: Context) -> APIRouter:
             ctx.keys.check(bearer_key(request.headers.get("authorization")))
             names = await run_in_threadpool(model_names, ctx)
             if model_id not in names:
-                raise NotFound(
-                    f"No model {model_id!r} here; GET /v1/models lists them.",
-                    code="model_not_found",
-                    parameter="model",
+                raise UnknownModel(
+                    f"No model {model_id!r} here; GET /v1/models lists them.", parameter="model"
                 )
         except EdgecapError as exc:
             return error_response(exc)
