@@ -79,8 +79,9 @@ def test_build_install_offline_and_caption(
     home = tmp_path / "home"
     user = {**offline, "EDGECAP_HOME": str(home), "EDGECAP_OFFLINE": "1"}
     text, mmproj = tiny_gguf
-    run([str(edgecap), "models", "register", "edgecap-tiny-random", "--text", str(text),
-         "--mmproj", str(mmproj), "--random-weights"], env=user, timeout=120, cwd=tmp_path)  # fmt: skip
+    register = [str(edgecap), "models", "register", "edgecap-tiny-random", "--text", str(text),
+                "--mmproj", str(mmproj), "--random-weights"]  # fmt: skip
+    run(register, env=user, timeout=120, cwd=tmp_path)
     report = json.loads(run([str(edgecap), "doctor", "--json"], env=user, timeout=600,
                             cwd=tmp_path))  # fmt: skip
     checks = {c["name"]: c for c in report["checks"]}
