@@ -20,8 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from edgecap.records import ModelFiles
-
 REPO = Path(__file__).resolve().parents[1]
 BUILD_TIMEOUT_S = 3600  # includes the one-time llama.cpp compile on a slow machine
 INSTALL_TIMEOUT_S = 900
@@ -37,9 +35,7 @@ def run(command: list[str], *, env: dict[str, str], timeout: float, cwd: Path = 
     return done.stdout
 
 
-def test_build_install_offline_and_caption(
-    tmp_path: Path, tiny_model_files: ModelFiles, tiny_gguf: tuple[Path, Path]
-) -> None:
+def test_build_install_offline_and_caption(tmp_path: Path, tiny_gguf: tuple[Path, Path]) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGECAP_", "PYTHON"))}
     bundle = tmp_path / "wheelhouse"
     run([sys.executable, "tools/wheelhouse.py", "--out", str(bundle)], env=env,
