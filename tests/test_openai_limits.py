@@ -251,3 +251,12 @@ def test_the_same_queue_and_timeout_as_captions(slow_server: LiveServer) -> None
     error = error_of(refused, 429)
     assert (error["type"], error["code"]) == ("rate_limit_error", "rateLimitExceeded")
     assert int(refused.headers["Retry-After"]) == error["retryAfter"] >= 1
+
+
+def test_the_openapi_document_describes_the_request(server: LiveServer) -> None:
+    document = httpx.get(f"{server.url.removesuffix('/v1')}/openapi.json", timeout=10).json()
+    post_op = document["paths"]["/v1/chat/completions"]["post"]
+    schema = post_op["requestBody"]["content"]["application/json"]["schema"]
+    assert {"model", "messages", "stream", "response_format"} <= set(schema["properties"])
+    assert "$ref" not in json.dumps(schema)  # self-contained
+    assert "/v1/models" in document["paths"]

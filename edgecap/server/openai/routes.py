@@ -21,19 +21,13 @@ from edgecap.server.body import THREADPOOL_JSON_BYTES, decode_json, read_body
 from edgecap.server.handlers import Context
 from edgecap.server.openai.convert import make_job
 from edgecap.server.openai.replies import Completion, error_response, sse_events
-from edgecap.server.openai.schema import ChatCompletionRequest, parse_request
+from edgecap.server.openai.schema import ChatCompletionRequest, parse_request, request_schema
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 OPENAPI_BODY = {
     "requestBody": {
         "required": True,
-        "content": {
-            "application/json": {
-                "schema": ChatCompletionRequest.model_json_schema(
-                    ref_template="#/components/schemas/{model}"
-                )
-            }
-        },
+        "content": {"application/json": {"schema": request_schema()}},
     }
 }
 

@@ -33,17 +33,6 @@ MAX_STOP_CHARS = 256
 MAX_IMAGE_URL_CHARS = 48 * 1024 * 1024  # a data URI; the body limit (max_body_bytes) binds first
 MAX_TOKENS = 8192
 
-# Parameters OpenAI defines that do not change what edgecap does: accepted, ignored.
-IGNORED = (
-    "user",
-    "metadata",
-    "store",
-    "service_tier",
-    "safety_identifier",
-    "prompt_cache_key",
-    "parallel_tool_calls",
-)
-
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -66,7 +55,9 @@ class ImageURL(_Model):
     def _url_is_short(self) -> ImageURL:
         if self.url[:5].lower() != "data:" and len(self.url) > MAX_URL_CHARS:
             raise PydanticCustomError(
-                "invalidParameter", "An image URL may be at most {n} characters.", {"n": 2048}
+                "invalidParameter",
+                "An image URL may be at most {n} characters.",
+                {"n": MAX_URL_CHARS},
             )
         return self
 
@@ -180,7 +171,7 @@ class ChatCompletionRequest(_Model):
     logit_bias: dict[str, float] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
-    # Accepted and ignored (IGNORED).
+    # Accepted and ignored: they change nothing here.
     user: str | None = None
     metadata: dict[str, str] | None = None
     store: bool | None = None
@@ -233,6 +224,22 @@ NEUTRAL: dict[str, tuple[Any, str]] = {
     "tools": ([], "edgecap does not call tools"),
     "tool_choice": ("none", "edgecap does not call tools"),
 }
+
+
+def request_schema() -> dict[str, Any]:
+    """The request's JSON schema with every ``$ref`` inlined (for the OpenAPI document)."""
+    schema = ChatCompletionRequest.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return inline(defs[ref.removeprefix("#/$defs/")])
+            return {k: inline(v) for k, v in node.items()}
+        return [inline(v) for v in node] if isinstance(node, list) else node
+
+    return dict(inline(schema))
 
 
 def parse_request(raw: Any) -> ChatCompletionRequest:
