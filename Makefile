@@ -2,12 +2,13 @@
 #   make demo   create .venv, install, caption a sample image (tiny random model if no real one)
 #   make test   install test dependencies, lint, type-check, run the whole suite
 #   make wheelhouse  an offline install bundle in dist/ (TUNED=1: add a CPU-tuned llama.cpp)
+# While working: make test-fast (the unit tier: no real model, no servers in subprocesses).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: demo test lint typecheck pytest bench wheelhouse clean
+.PHONY: demo test test-fast lint typecheck pytest bench bench-rest wheelhouse clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,8 +42,15 @@ pytest: $(VENV)/.test
 
 test: lint typecheck pytest
 
+# The unit tier (tests marked neither `model` nor `slow`; see pyproject.toml).
+test-fast: $(VENV)/.test
+	$(PY) -m pytest -m "not model and not slow"
+
 bench: $(VENV)/.runtime
 	$(PY) -m tools.bench
+
+bench-rest: $(VENV)/.runtime
+	$(PY) -m tools.bench --scenario rest-overhead
 
 # The portable llama.cpp wheel is compiled once and cached ($$XDG_CACHE_HOME/edgecap/wheels).
 wheelhouse: | $(PY)

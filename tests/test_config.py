@@ -7,10 +7,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -21,6 +19,8 @@ from edgecap.config import Settings, default_home, load_settings
 from edgecap.errors import InvalidParameter
 from edgecap.records import ModelFiles
 from edgecap.registry import Registry
+from tests.support.http import free_port
+from tests.support.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 120.0
@@ -155,12 +155,6 @@ def test_serve_reads_the_file_before_binding(
     assert "no model is installed" in capsys.readouterr().err
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.slow
 def test_serve_with_a_config_file_for_real(tmp_path: Path, tiny_model_files: ModelFiles) -> None:
     home = tmp_path / "home"
@@ -184,15 +178,15 @@ def test_serve_with_a_config_file_for_real(tmp_path: Path, tiny_model_files: Mod
     )  # fmt: skip
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
+
+        def up() -> bool:
             assert process.poll() is None, process.stdout.read().decode()  # type: ignore[union-attr]
-            assert time.monotonic() < deadline, "the server did not start"
             try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
+                return httpx.get(f"{base}/healthz", timeout=2).status_code == 200
             except httpx.TransportError:
-                time.sleep(0.2)
+                return False
+
+        wait_until(up, "the server to answer /healthz", START_TIMEOUT_S, interval=0.2)
         assert httpx.get(f"{base}/v1/models", timeout=10).status_code == 401
         listing = httpx.get(
             f"{base}/v1/models", headers={"Authorization": "Bearer file-key"}, timeout=10

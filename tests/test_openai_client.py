@@ -15,10 +15,12 @@ from typing import Any
 import jsonschema
 import openai
 import pytest
-from api_support import LiveServer, api_settings, data_uri, image_host, live_server, png_bytes
 
 from edgecap.records import ModelFiles
 from edgecap.registry import Registry
+from tests.support.api import LiveServer, api_settings, live_server
+from tests.support.http import image_host
+from tests.support.images import data_uri, png_bytes
 
 KEY = "openai-key"
 MODEL = "runware:152@2"

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from api_support import api_settings, data_uri, install_model, jpeg_bytes
 
 from edgecap.engine.prompt import ChatTemplate
 from edgecap.engine.stops import StopScanner
@@ -19,6 +18,8 @@ from edgecap.server.openai.convert import RESULT_TTL_S, make_job
 from edgecap.server.openai.replies import Trim
 from edgecap.server.openai.schema import parse_request
 from edgecap.server.uploads import UploadStore
+from tests.support.api import api_settings, install_model
+from tests.support.images import data_uri, jpeg_bytes
 
 # The shape of Qwen2.5-VL's chat template (the real one is in the GGUF; this keeps the test
 # independent of a model file).
