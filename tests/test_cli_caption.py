@@ -17,13 +17,12 @@ import pytest
 
 from edgecap.cli import caption as caption_cmd
 from edgecap.cli import main
-from edgecap.config import DEFAULT_PROMPT, Settings, load_settings
+from edgecap.config import DEFAULT_PROMPT, Settings
 from edgecap.records import ModelFiles, Sampling
-from edgecap.registry import Registry
 from tests.support.engines import FakeEngine
 from tests.support.env import child_env
 from tests.support.images import write_png
-from tests.support.models import register
+from tests.support.models import install_tiny, register
 from tests.support.waiting import wait_until
 
 NOTICE = (
@@ -314,13 +313,6 @@ if __name__ == "__main__" and sys.argv[1:] == ["--update-docs"]:
 
 
 # ---------------------------------------------------------------------------- the real tiny model
-
-
-def install_tiny(model: ModelFiles) -> None:
-    """Register the session's tiny GGUF files as the demo model of this test's home."""
-    Registry(load_settings()).register_local(
-        "edgecap-tiny-random", model.text, model.mmproj, random_weights=True
-    )
 
 
 def test_real_one_image_text_json_and_cost(
