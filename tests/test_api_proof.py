@@ -57,9 +57,14 @@ def poll(server: LiveServer, task_uuid: str) -> httpx.Response:
 
 @pytest.fixture(scope="module")
 def proof_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    # A sync caption may wait behind the queue on a loaded machine (Runware 0.5 is sync only).
+    # Runware 0.5 sends no maxTokens and waits synchronously: a small default keeps its caption
+    # short, and a long sync timeout lets it finish on a loaded machine.
     return api_settings(
-        tmp_path_factory.mktemp("home"), api_keys=[KEY], n_threads=2, sync_timeout_s=240.0
+        tmp_path_factory.mktemp("home"),
+        api_keys=[KEY],
+        n_threads=2,
+        max_tokens=MAX_TOKENS,
+        sync_timeout_s=240.0,
     )
 
 
