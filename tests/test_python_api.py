@@ -55,6 +55,7 @@ def run_python(code: str, cwd: Path, home: Path) -> subprocess.CompletedProcess[
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # longer than its child's own RUN_TIMEOUT_S
 def test_the_one_liner_captions_with_the_default_model(
     tiny_model_files: ModelFiles, photo: Path, edgecap_home: Path
 ) -> None:
