@@ -10,9 +10,12 @@ from typing import Any
 
 import pytest
 
+import edgecap.registry.install
 from edgecap.config import Settings
+from edgecap.engine.hardware import Recommendation
 from edgecap.errors import DownloadFailed, InvalidParameter, ModelError, ModelNotReady, UnknownModel
 from edgecap.registry import PACK_FILE, Catalog, Registry, load_catalog
+from edgecap.registry.catalog import Variant
 from tests.support.models import (
     MMPROJ,
     TEXT_Q4,
@@ -466,3 +469,115 @@ def test_pull_of_a_missing_file_or_a_local_model_fails_clearly(
         registry.pull("fake-vl", endpoint=mirror.url, progress=False)
     with pytest.raises(ModelError, match=r"`make demo`"):
         Registry(settings_for(tmp_path / "home")).pull(TINY, progress=False)
+
+
+# -- a local conversion standing in for a catalog model (register --as) -----------------------
+
+
+def test_a_stand_in_answers_for_the_catalog_id_and_its_aliases(tmp_path: Path) -> None:
+    registry = Registry(settings_for(tmp_path / "home"))
+    text, mmproj = write(tmp_path / "t.gguf", TEXT_Q4), write(tmp_path / "m.gguf", MMPROJ)
+    with pytest.raises(ModelNotReady):
+        registry.resolve("runware:152@2")
+    record = registry.register_local("my-qwen", text, mmproj, stands_in_for="runware:152@2")
+    assert (record.id, record.stands_in_for, record.licence.name) == (
+        "my-qwen", QWEN_7B, "Apache-2.0"
+    )  # fmt: skip
+    for name in (QWEN_7B, "runware:152@2", "alibaba-qwen2-5-vl-7b-instruct", "my-qwen", None):
+        assert registry.resolve(name).id == "my-qwen", name
+    statuses = {s.id: s for s in registry.list()}
+    assert (statuses[QWEN_7B].installed, statuses[QWEN_7B].served_by) == (False, "my-qwen")
+    assert statuses["my-qwen"].stands_in_for == QWEN_7B
+    assert statuses["my-qwen"].is_default  # it stands in for the catalog's default
+    # The 3B is not stood in for.
+    with pytest.raises(ModelNotReady):
+        registry.resolve(QWEN_3B)
+
+
+def test_stand_ins_are_refused_when_they_could_not_answer(tmp_path: Path) -> None:
+    registry = Registry(settings_for(tmp_path / "home"))
+    text, mmproj = write(tmp_path / "t.gguf", TEXT_Q4), write(tmp_path / "m.gguf", MMPROJ)
+    with pytest.raises(UnknownModel, match=r"--as 'gpt-4o' is not a catalog model; choose"):
+        registry.register_local("mine", text, mmproj, stands_in_for="gpt-4o")
+    with pytest.raises(InvalidParameter, match=r"'runware:152@2' is a catalog name"):
+        registry.register_local("runware:152@2", text, mmproj, stands_in_for=QWEN_7B)
+    registry.register_local("first", text, mmproj, stands_in_for=QWEN_7B)
+    with pytest.raises(InvalidParameter, match=r"first already stands in for .*models rm first"):
+        registry.register_local("second", text, mmproj, stands_in_for=QWEN_7B)
+    assert registry.store.load("second") is None
+    # Registering the same stand-in again (new files) is allowed.
+    registry.register_local("first", text, mmproj, stands_in_for=QWEN_7B)
+    with pytest.raises(ModelNotReady, match=r"answered by the stand-in first"):
+        registry.remove(QWEN_7B)
+
+
+def test_a_published_pull_takes_precedence_and_retires_the_stand_in(
+    tmp_path: Path, mirror: HubMirror
+) -> None:
+    registry = Registry(settings_for(tmp_path / "home"), catalog=fake_catalog())
+    text, mmproj = write(tmp_path / "t.gguf", TEXT_Q8), write(tmp_path / "m.gguf", MMPROJ)
+    registry.register_local("mine", text, mmproj, stands_in_for="fake-vl")
+    assert registry.resolve("runware:999@1").id == "mine"
+    registry.pull("fake-vl", endpoint=mirror.url, progress=False)
+    assert registry.resolve("runware:999@1").id == "fake-vl"
+    assert registry.resolve("runware:999@1").text.read_bytes() == TEXT_Q4
+    mine = registry.store.load("mine")
+    assert mine is not None and mine.stands_in_for is None  # retired, still installed
+    assert registry.resolve("mine").text == text.resolve()
+    with pytest.raises(InvalidParameter, match=r"published files of fake-vl are installed"):
+        registry.register_local("again", text, mmproj, stands_in_for="fake-vl")
+
+
+def test_a_published_import_takes_precedence_over_a_stand_in(tmp_path: Path) -> None:
+    registry = Registry(settings_for(tmp_path / "home"))
+    text, mmproj = write(tmp_path / "t.gguf", TEXT_Q8), write(tmp_path / "m.gguf", MMPROJ)
+    registry.register_local("mine", text, mmproj, stands_in_for=QWEN_7B)
+    pack = make_pack(tmp_path / "pack", QWEN_7B, {"q.gguf": TEXT_Q4, "p.gguf": MMPROJ})
+    assert registry.import_pack(pack, progress=False).id == QWEN_7B
+    assert registry.resolve("runware:152@2").text.read_bytes() == TEXT_Q4
+    assert registry.store.load("mine").stands_in_for is None  # type: ignore[union-attr]
+
+
+# -- the projector that suits this CPU ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cpu_type", "published_bf16", "variant", "mmproj", "note"),
+    [
+        ("bf16", True, "q4_k_m-mmproj-bf16", "mmproj-Fake-bf16.gguf", False),
+        ("bf16", False, "q4_k_m", "mmproj-Fake-f16.gguf", True),
+        ("f16", True, "q4_k_m", "mmproj-Fake-f16.gguf", False),
+    ],
+)
+def test_pull_takes_the_projector_that_suits_the_cpu(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    cpu_type: str,
+    published_bf16: bool,
+    variant: str,
+    mmproj: str,
+    note: bool,
+) -> None:
+    """The CPU is simulated (``recommend`` answers for a CPU with or without native bf16); the
+    download is real, from the loopback mirror."""
+    monkeypatch.setattr(
+        edgecap.registry.install, "recommend", lambda: Recommendation(cpu_type, "simulated")
+    )
+    contents = {**FAKE_FILES, "mmproj-Fake-bf16.gguf": MMPROJ + b"bf16"}
+    catalog = fake_catalog(contents=contents)
+    if published_bf16:
+        known = catalog.models[0]
+        variants = {
+            **known.variants,
+            "q4_k_m-mmproj-bf16": Variant(text="Fake-Q4_K_M.gguf", mmproj="mmproj-Fake-bf16.gguf"),
+        }
+        catalog = catalog.model_copy(
+            update={"models": [known.model_copy(update={"variants": variants})]}
+        )
+    registry = Registry(settings_for(tmp_path / "home"), catalog=catalog)
+    with serve_mirror({f"{FAKE_REPO}/{n}": d for n, d in contents.items()}) as hub:
+        record = registry.pull("fake-vl", endpoint=hub.url, progress=False)
+    assert record.variant == variant
+    assert registry.resolve("fake-vl").mmproj.read_bytes() == contents[mmproj]
+    assert ("publishes none" in caplog.text) == note

@@ -24,6 +24,13 @@ def add_parser(subparsers: Any) -> None:
         "/docs, /healthz, /readyz, /metrics. See docs/api.md.",
     )
     parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="a TOML configuration file (default: $EDGECAP_CONFIG); flags and EDGECAP_* "
+        "variables override it (docs/configuration.md)",
+    )
+    parser.add_argument(
         "--host", help=f"address to listen on (default {default_of('host')}, EDGECAP_HOST)"
     )
     parser.add_argument(
@@ -77,18 +84,20 @@ def port_number(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    keys = list(args.api_keys or [])
-    if args.api_key_file is not None:
-        keys += load_key_file(args.api_key_file)
     settings = load_settings(
+        args.config,
         host=args.host,
         port=args.port,
-        api_keys=keys or None,
+        api_keys=args.api_keys,
+        api_key_file=args.api_key_file,
         offline=args.offline,
         model=args.model,
         log_level=args.log_level or args.global_log_level,
         log_format=args.log_format,
     )
+    if settings.api_key_file is not None:
+        keys = [*settings.api_keys, *load_key_file(settings.api_key_file)]
+        settings = settings.model_copy(update={"api_keys": keys})
     LogSetup.of(settings).apply()
     # Refuse a bad bind and a missing model before anything starts; log a warning when the
     # weights are the demo model's random ones.

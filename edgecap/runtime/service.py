@@ -20,11 +20,20 @@ import logging
 import math
 import threading
 import time
+from collections.abc import AsyncGenerator
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from edgecap.config import Settings
-from edgecap.errors import EdgecapError, InferenceError, RateLimited, TaskConflict, TaskExpired
+from edgecap.errors import (
+    EdgecapError,
+    InferenceError,
+    RateLimited,
+    TaskConflict,
+    TaskExpired,
+    TimeoutProvider,
+)
 from edgecap.logs import LogSetup
 from edgecap.protocol import (
     RESULT_TASK_TYPE,
@@ -33,8 +42,9 @@ from edgecap.protocol import (
     result_item,
     success_envelope,
 )
-from edgecap.records import CaptionResult
+from edgecap.records import CaptionResult, TokenPiece
 from edgecap.runtime.delivery import Deliverer, outgoing_for
+from edgecap.runtime.listeners import Listeners
 from edgecap.runtime.stats import ServiceStats
 from edgecap.runtime.tasks import (
     CaptionJob,
@@ -77,6 +87,7 @@ class TaskService:
         )
         self._deliverer = Deliverer(self.store, settings)
         self._waiters = _Waiters()
+        self._listeners = Listeners()
         self._metrics = ServiceStats()
         self._submit_lock = threading.Lock()
         self._wake = threading.Event()
@@ -160,6 +171,45 @@ class TaskService:
             self._waiters.remove(task_uuid, event)
         return record
 
+    async def stream(
+        self, job: CaptionJob, timeout: float, *, pieces: bool = True
+    ) -> AsyncGenerator[TokenPiece | CaptionResult, None]:
+        """Queue ``job`` (a new taskUUID) and follow it: with ``pieces``, its text pieces as
+        they are generated, then its :class:`CaptionResult`.
+
+        Raises what :meth:`submit` raises, the task's own error, or a ``timeoutProvider`` error
+        (504) when it has not finished within ``timeout`` s — it still runs, and its record
+        stays in the store. Pieces join up to the result's text before the engine strips it.
+        """
+        loop = asyncio.get_running_loop()
+        listener = self._listeners.add(job.task_uuid, pieces=pieces)
+        try:
+            if await asyncio.to_thread(self.store.fingerprint, job.task_uuid) is not None:
+                raise TaskConflict(
+                    f"The taskUUID {job.task_uuid} was used before; a streamed task needs a "
+                    "new one.",
+                    parameter="taskUUID",
+                )
+            await asyncio.to_thread(self.submit, job)
+            deadline = loop.time() + timeout
+            while True:
+                try:
+                    event = await asyncio.wait_for(
+                        listener.queue.get(), max(deadline - loop.time(), 0.0)
+                    )
+                except asyncio.TimeoutError:
+                    raise TimeoutProvider(
+                        f"The task did not finish within {timeout:g} s (sync_timeout_s); it "
+                        f"goes on running as {job.task_uuid}.",
+                    ) from None
+                if isinstance(event, EdgecapError):
+                    raise event
+                yield event
+                if isinstance(event, CaptionResult):
+                    return
+        finally:
+            self._listeners.remove(job.task_uuid, listener)
+
     def get(self, task_uuid: str) -> TaskRecord:
         """The task's record; raises ``NotFound`` (taskNotFound) or :class:`TaskExpired`."""
         return self.store.get(task_uuid)
@@ -223,8 +273,11 @@ class TaskService:
     def _run(self, claimed: ClaimedTask) -> None:
         job = claimed.job
         started = time.perf_counter()
+        stream = self._listeners.wants_pieces(job.task_uuid)
+        on_piece = partial(self._listeners.piece, job.task_uuid) if stream else None
         try:
-            result = self._worker.run(WorkItem(job.task_uuid, job.model, job.request))
+            item = WorkItem(job.task_uuid, job.model, job.request, stream=stream)
+            result = self._worker.run(item, on_piece)
         except WorkerStopped:
             self.store.release(job.task_uuid, refund_attempt=True)
             return
@@ -249,10 +302,12 @@ class TaskService:
             cost_per_second=self.settings.cost_per_second,
         )
         self._finish(job, success_envelope(item), result=item, error=None, text=result.text)
+        self._listeners.finished(job.task_uuid, result)
 
     def _finish_error(self, job: CaptionJob, exc: EdgecapError) -> None:
         error = error_object(exc, task_type=RESULT_TASK_TYPE, task_uuid=_client_uuid(job))
         self._finish(job, error_envelope(error), result=None, error=error, text=None)
+        self._listeners.finished(job.task_uuid, exc)
 
     def _finish(
         self,

@@ -27,6 +27,7 @@ from edgecap.runtime.service import TaskService
 from edgecap.server.auth import ApiKeys
 from edgecap.server.handlers import Context
 from edgecap.server.metrics import Metrics
+from edgecap.server.openai import make_openai_router
 from edgecap.server.routes import make_router
 from edgecap.server.schema import TASK_MODELS
 from edgecap.server.uploads import UploadStore
@@ -61,6 +62,7 @@ def create_app(settings: Settings, service: TaskService, registry: Registry) -> 
 
     app = FastAPI(title="edgecap", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.include_router(make_router(ctx))
+    app.include_router(make_openai_router(ctx))
 
     @app.websocket("/v1")
     async def websocket(socket: WebSocket) -> None:
