@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import io
+import contextlib
 import json
 import os
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -31,74 +29,10 @@ from edgecap.batch import (
 from edgecap.config import Settings, load_settings
 from edgecap.errors import ContextOverflow, EdgecapError, InvalidParameter, MissingInputImage
 from edgecap.protocol import result_item
-from edgecap.records import CaptionRequest, CaptionResult, Sampling, TokenPiece
-
-FAKE_TIMINGS = {"load_image": 0.5, "encode": 1.0, "prefill": 0.25, "generate": 0.25}  # 2 s
-
-
-class FakeEngine:
-    """The engine interface with scripted output: ``a WxH image``, streamed word by word.
-
-    Records every request. ``fail`` may return an error to raise for a request.
-    """
-
-    def __init__(
-        self,
-        model_id: str = "fake-model",
-        fail: Callable[[CaptionRequest], EdgecapError | None] | None = None,
-        before_stream: Callable[[CaptionRequest], None] | None = None,
-    ) -> None:
-        self.model_id = model_id
-        self.requests: list[CaptionRequest] = []
-        self.counters = {"image_encodes": 0, "image_cache_hits": 0, "prefix_cache_hits": 0}
-        self.closed = False
-        self._fail = fail
-        self._before_stream = before_stream
-
-    def stream(self, request: CaptionRequest) -> Iterator[TokenPiece | CaptionResult]:
-        self.requests.append(request)
-        if self._before_stream is not None:
-            self._before_stream(request)
-        error = self._fail(request) if self._fail is not None else None
-        if error is not None:
-            raise error
-        image = request.image
-        assert image is not None
-        self.counters["image_encodes"] += 1
-        text = f"a {image.width}x{image.height} image"
-        words = text.split(" ")
-        for i, word in enumerate(words):
-            yield TokenPiece(word if i == 0 else f" {word}")
-        yield CaptionResult(
-            text=text,
-            finish_reason="stop",
-            prompt_tokens=20 + image.tokens,
-            image_tokens=image.tokens,
-            generated_tokens=len(words),
-            timings=dict(FAKE_TIMINGS),
-            model=self.model_id,
-        )
-
-    def caption(self, request: CaptionRequest) -> CaptionResult:
-        for item in self.stream(request):
-            if isinstance(item, CaptionResult):
-                return item
-        raise AssertionError("no result")
-
-    def close(self) -> None:
-        self.closed = True
-
-
-def write_png(path: Path, size: tuple[int, int] = (56, 56), color: str = "red") -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, color).save(path, format="PNG")
-    return path
-
-
-def png_bytes(size: tuple[int, int], color: str) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, color).save(buffer, format="PNG")
-    return buffer.getvalue()
+from edgecap.records import CaptionRequest, CaptionResult, Sampling
+from tests.support.engines import FAKE_TIMINGS, FakeEngine
+from tests.support.images import png_bytes, write_png
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
@@ -407,17 +341,17 @@ def test_the_next_image_loads_while_the_engine_generates(
     def feed_second(request: CaptionRequest) -> None:
         if fed.is_set():
             return
-        deadline = time.monotonic() + 30  # a guard against hanging, not a measurement
-        while True:
-            try:
-                fd = os.open(second, os.O_WRONLY | os.O_NONBLOCK)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail("the second image was not being read during the first caption")
-                time.sleep(0.01)
+        opened: list[int] = []
+
+        def open_for_writing() -> bool:  # fails while nobody reads the pipe
+            with contextlib.suppress(OSError):
+                opened.append(os.open(second, os.O_WRONLY | os.O_NONBLOCK))
+            return bool(opened)
+
+        wait_until(open_for_writing, "a reader of the second image during the first caption")
+        fd = opened[0]
         os.set_blocking(fd, True)
-        os.write(fd, png_bytes((84, 84), "white"))
+        os.write(fd, png_bytes(84, 84, "white"))
         os.close(fd)
         fed.set()
 

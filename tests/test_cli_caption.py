@@ -9,33 +9,27 @@ import os
 import re
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from subprocess import DEVNULL
 
 import pytest
-from test_batch import FakeEngine, write_png
 
 from edgecap.cli import caption as caption_cmd
 from edgecap.cli import main
 from edgecap.config import DEFAULT_PROMPT, Settings, load_settings
 from edgecap.records import ModelFiles, Sampling
 from edgecap.registry import Registry
+from tests.support.engines import FakeEngine
+from tests.support.env import child_env
+from tests.support.images import write_png
+from tests.support.models import register
+from tests.support.waiting import wait_until
 
 NOTICE = (
     "using the demo model edgecap-tiny-random: its weights are random, captions are noise; "
     "get the real model with: edgecap models pull qwen2.5-vl-7b-instruct\n"
 )
-
-
-def register(home: Path, name: str) -> None:
-    """Install a model by path: two placeholder files (the fake engine never reads them)."""
-    files = home / "registered" / name
-    files.mkdir(parents=True)
-    (files / "text.gguf").write_bytes(b"text")
-    (files / "mmproj.gguf").write_bytes(b"mmproj")
-    Registry(load_settings()).register_local(name, files / "text.gguf", files / "mmproj.gguf")
 
 
 @pytest.fixture
@@ -321,8 +315,6 @@ if __name__ == "__main__" and sys.argv[1:] == ["--update-docs"]:
 
 # ---------------------------------------------------------------------------- the real tiny model
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 def install_tiny(model: ModelFiles) -> None:
     """Register the session's tiny GGUF files as the demo model of this test's home."""
@@ -393,7 +385,7 @@ def test_real_resume_after_the_process_was_killed(
     argv = ["caption", str(photos), "--out", str(out_file)]
     argv += ["--max-tokens", "6"]
 
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = child_env()
     with (tmp_path / "stderr.txt").open("wb") as stderr:
         process = subprocess.Popen(
             [sys.executable, "-m", "edgecap", *argv], env=env, stdout=DEVNULL, stderr=stderr
@@ -402,7 +394,7 @@ def test_real_resume_after_the_process_was_killed(
             wait_for_lines(journal, 2, process)
         finally:
             process.kill()
-            process.wait()
+            process.wait(30)
     before = out_file.read_text().splitlines()
     assert len(before) == 2 and len(journal.read_text().splitlines()) == 2
 
@@ -421,11 +413,12 @@ def test_real_resume_after_the_process_was_killed(
 
 def wait_for_lines(path: Path, count: int, process: subprocess.Popen[bytes]) -> None:
     """Wait until ``path`` holds ``count`` lines (a guard against hanging, not a timing)."""
-    deadline = time.monotonic() + 300
-    while not (path.exists() and len(path.read_bytes().splitlines()) >= count):
+
+    def written() -> bool:
         assert process.poll() is None, "the captioning process ended before it was killed"
-        assert time.monotonic() < deadline, f"{path} never reached {count} lines"
-        time.sleep(0.05)
+        return path.exists() and len(path.read_bytes().splitlines()) >= count
+
+    wait_until(written, f"{path} to reach {count} lines", 300, 0.05)
 
 
 # ---------------------------------------------------------------- resume trusts the output

@@ -1,4 +1,8 @@
-"""The run: caption images in turn with one engine, prefetching the next, storing each result.
+"""The run: caption images with one engine, prefetching the next, storing each result.
+
+With a batching engine (one with ``stream_many``) two images are in flight: the next image's
+encode and prefill run between the decode steps of the current one, and their tokens share
+a batch. Outcomes are reported as images finish.
 
 What a resumed run skips is decided by :class:`edgecap.batch.journal.Ledger`: an image whose
 result for this same job is still in every destination of the run.
@@ -9,7 +13,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from collections.abc import Callable, Generator, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +29,8 @@ from edgecap.inputs.images import load_image
 from edgecap.protocol import result_item
 from edgecap.records import CaptionRequest, CaptionResult, LoadedImage, TokenPiece
 from edgecap.registry.digests import sha256_file
+
+IN_FLIGHT = 2  # images captioned at once by a batching engine
 
 
 class StreamingEngine(Protocol):
@@ -48,6 +54,7 @@ def caption_many(
     *,
     on_outcome: OnOutcome | None = None,
     on_piece: OnPiece | None = None,
+    in_flight: int = IN_FLIGHT,
 ) -> Summary:
     """Caption ``items`` in order with ``engine``; report each outcome; return the counts.
 
@@ -58,13 +65,21 @@ def caption_many(
     """
     batch = _Batch(engine, settings, options, run or RunOptions(), items)
     summary = Summary()
+
+    def report(outcome: Outcome) -> None:
+        summary.add(outcome)
+        if on_outcome is not None:
+            on_outcome(outcome)
+
+    stream_many = getattr(engine, "stream_many", None)
     try:
-        with closing(_one_ahead(items, batch.prepare)) as prepared_items:
-            for prepared in prepared_items:
-                outcome = batch.caption(prepared, on_piece)
-                summary.add(outcome)
-                if on_outcome is not None:
-                    on_outcome(outcome)
+        if stream_many is None or in_flight < 2:
+            with closing(_one_ahead(items, batch.prepare)) as prepared_items:
+                for prepared in prepared_items:
+                    report(batch.caption(prepared, on_piece))
+        else:
+            with closing(_futures_ahead(items, batch.prepare)) as futures:
+                batch.caption_together(stream_many, futures, in_flight, on_piece, report)
     finally:
         batch.close()
     summary.redone = batch.redone
@@ -75,6 +90,15 @@ def _one_ahead(
     items: Sequence[ImageItem], prepare: Callable[[ImageItem], _Prepared]
 ) -> Generator[_Prepared, None, None]:
     """``prepare(item)`` for every item in order; the next one runs in a thread meanwhile."""
+    with closing(_futures_ahead(items, prepare)) as futures:
+        for future in futures:
+            yield future.result()
+
+
+def _futures_ahead(
+    items: Sequence[ImageItem], prepare: Callable[[ImageItem], _Prepared]
+) -> Generator[Future[_Prepared], None, None]:
+    """Futures of ``prepare(item)`` in order; each next one starts when one is handed out."""
     if not items:
         return
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgecap-prefetch")
@@ -82,8 +106,8 @@ def _one_ahead(
         upcoming = pool.submit(prepare, items[0])
         for following in items[1:]:
             current, upcoming = upcoming, pool.submit(prepare, following)
-            yield current.result()
-        yield upcoming.result()
+            yield current
+        yield upcoming
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -170,6 +194,44 @@ class _Batch:
                     on_piece(image, piece.text)
         except EdgecapError as exc:
             return Failed(image, exc)
+        return self.finish(prepared, result)
+
+    def caption_together(
+        self,
+        stream_many: Callable[..., Iterator[tuple[_Prepared, object]]],
+        futures: Iterator[Future[_Prepared]],
+        in_flight: int,
+        on_piece: OnPiece | None,
+        report: OnOutcome,
+    ) -> None:
+        """Caption with ``in_flight`` images decoded together; ``report`` every outcome.
+
+        An image still loading is not waited for while others decode (None: not ready yet).
+        """
+
+        def requests() -> Iterator[tuple[_Prepared, CaptionRequest] | None]:
+            for future in futures:
+                while not future.done():
+                    yield None
+                prepared = future.result()
+                if prepared.outcome is not None:
+                    report(prepared.outcome)
+                elif prepared.loaded is not None:
+                    yield prepared, self.options.request(prepared.loaded)
+
+        for prepared, item in stream_many(requests(), in_flight=in_flight):
+            if isinstance(item, TokenPiece):
+                if on_piece is not None:
+                    on_piece(prepared.image, item.text)
+            elif isinstance(item, EdgecapError):
+                report(Failed(prepared.image, item))
+            elif isinstance(item, CaptionResult):
+                report(self.finish(prepared, item))
+
+    def finish(self, prepared: _Prepared, result: CaptionResult | None) -> Outcome:
+        """Store a caption's result durably; its outcome."""
+        image = prepared.image
+        assert prepared.loaded is not None
         if result is None:
             return Failed(image, EdgecapError("The engine stopped without a result."))
         captioned = Captioned(

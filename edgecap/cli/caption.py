@@ -34,6 +34,7 @@ from edgecap.config import (
     MAX_SEED,
     MAX_TEMPERATURE,
     MAX_TOKENS_LIMIT,
+    MAX_TOP_K,
     PIXELS_PER_TOKEN,
     Settings,
     default_of,
@@ -48,7 +49,7 @@ SAMPLING_DEFAULTS = Sampling()  # what the sampling flags default to
 SAMPLING_FLAGS: tuple[tuple[str, Callable[[str], float], float, float, str | None, str], ...] = (
     ("--temperature", float, 0.0, MAX_TEMPERATURE, "T", "0 picks the likeliest token every time"),
     ("--top-p", float, 0.0, 1.0, "P", "nucleus sampling; 1 is off"),
-    ("--top-k", int, 0, 1000, "K", "sample from the K likeliest tokens; 0 is off"),
+    ("--top-k", int, 0, MAX_TOP_K, "K", "sample from the K likeliest tokens; 0 is off"),
     ("--seed", int, 0, MAX_SEED, None, "sampling seed"),
 )
 
@@ -258,12 +259,12 @@ def caption_options(args: argparse.Namespace, settings: Settings) -> CaptionOpti
     return CaptionOptions(
         prompt=args.prompt or settings.default_prompt,
         system_prompt=args.system,
-        sampling=Sampling(
+        sampling=settings.sampling_for(
             temperature=args.temperature,
             top_p=args.top_p,
             top_k=args.top_k,
             seed=args.seed,
-            max_tokens=args.max_tokens or settings.max_tokens,
+            max_tokens=args.max_tokens,
         ),
         json_schema=args.json_schema,
         min_pixels=args.min_pixels,
