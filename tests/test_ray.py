@@ -20,16 +20,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_batch import write_png
-from test_cli_caption import NOTICE, caption_lines, install_tiny, run
 
 from edgecap.batch.model_check import describe_model, model_on_this_node
 from edgecap.config import load_settings
 from edgecap.errors import ModelNotReady
 from edgecap.records import ModelFiles
 from edgecap.registry import Registry
+from tests.support.cli import NOTICE, caption_lines, install_tiny, run
+from tests.support.env import child_env
+from tests.support.images import write_png
 
-REPO = Path(__file__).resolve().parent.parent
 RAY = Path(sys.executable).parent / "ray"
 OBJECT_STORE = str(200 * 1024 * 1024)
 MARKER = "EDGECAP_TEST_RAY_CLUSTER"  # in the environment of every process of the cluster
@@ -104,7 +104,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     logs = tmp_path_factory.mktemp("ray-logs")
     temp_dir = Path(f"/tmp/rt{os.getpid()}")  # short: Ray's socket paths must fit
     marker = uuid.uuid4().hex
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0", MARKER: marker}
+    env = child_env(RAY_USAGE_STATS_ENABLED="0", **{MARKER: marker})
     env["EDGECAP_HOME"] = str(tmp_path_factory.mktemp("cluster-home"))
     port = free_port()
     address = f"127.0.0.1:{port}"
@@ -147,7 +147,7 @@ def dozen(tmp_path: Path) -> Path:
 
 
 def edgecap(*argv: str, timeout: float = DEADLINE) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}
+    env = child_env(RAY_USAGE_STATS_ENABLED="0")
     return subprocess.run(
         [sys.executable, "-m", "edgecap", "caption", *argv],
         env=env,
@@ -226,7 +226,7 @@ def test_an_engine_actor_killed_mid_run_loses_and_duplicates_nothing(
     for i in range(11, 24):
         write_png(dozen / f"p{i:02}.png", (56 + 28 * (i % 5), 84))
     out = tmp_path / "ray.jsonl"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}
+    env = child_env(RAY_USAGE_STATS_ENABLED="0")
     argv = [str(dozen), "--max-tokens", "64", "--out", str(out), "--ray", cluster]
     with (tmp_path / "stderr.txt").open("w+") as stderr:
         driver = subprocess.Popen(
