@@ -279,3 +279,21 @@ def test_a_node_finds_the_model_by_digest_or_says_how_to_put_it_there(
     )  # another build of the same name: refused
     with pytest.raises(ModelNotReady):
         model_on_this_node(other)
+
+
+def test_when_no_node_has_the_model_the_run_says_how_to_put_it_there(
+    tiny_model_files: ModelFiles, cluster: str, dozen: Path, tmp_path: Path
+) -> None:
+    install_tiny(tiny_model_files)
+    record = Registry(load_settings()).store.model_dir("edgecap-tiny-random") / "manifest.json"
+    data = json.loads(record.read_text())
+    data["text"]["sha256"] = "0" * 64  # the driver's model is not what any node holds
+    record.write_text(json.dumps(data))
+    out = tmp_path / "ray.jsonl"
+    done = edgecap(str(dozen), "--max-tokens", "4", "--out", str(out), "--ray", cluster)
+    assert done.returncode == 2, done.stderr
+    last = summary_lines(done.stderr)[-1]
+    assert last.startswith("edgecap: error: The Ray run stopped: node "), done.stderr
+    assert "does not have the model edgecap-tiny-random" in last
+    assert "`edgecap models import DIR` there." in last
+    assert not out.exists() or out.read_text() == ""
