@@ -109,6 +109,12 @@ class TaskExpired(NotFound):
     code = "taskExpired"
 
 
+class TaskCancelled(EdgecapError):
+    """The client that started a task stopped it (e.g. the web page's Stop button)."""
+
+    code, status = "taskCancelled", 409
+
+
 class AuthError(EdgecapError):
     code, status = "invalidApiKey", 401
 

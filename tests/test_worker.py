@@ -12,13 +12,15 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
 from edgecap.errors import EdgecapError, UnknownModel
-from edgecap.records import CaptionRequest, CaptionResult
+from edgecap.engine.hardware import Backend
+from edgecap.records import CaptionRequest, CaptionResult, FinishReason, TokenPiece
 from edgecap.runtime.worker import (
     Worker,
     WorkerCrashed,
@@ -35,13 +37,39 @@ class ScriptedEngine:
 
     ``abort`` calls os.abort(); ``abort-once:<path>`` aborts unless <path> exists (and creates
     it); ``invalid`` raises an EdgecapError; ``bug`` raises a plain exception; ``sleep:<s>``
-    sleeps; anything else is captioned as ``"<model id> saw <prompt>"``.
+    sleeps; ``pieces:<n>`` streams n pieces ``"w0 w1 …"``, 20 ms apart, and stops early when
+    cancelled; anything else is captioned as ``"<model id> saw <prompt>"``, streamed word by
+    word.
     """
+
+    backend = Backend("Scripted", gpu_offload=False, features=(), system_info="")
 
     def __init__(self, model_id: str, log: Path) -> None:
         self.model_id = model_id
         self.log = log
         self.counters = {"image_encodes": 0, "image_cache_hits": 0, "prefix_cache_hits": 0}
+
+    def stream(
+        self, request: CaptionRequest, *, cancelled: Callable[[], bool] | None = None
+    ) -> Iterator[TokenPiece | CaptionResult]:
+        command, _, arg = request.prompt.partition(":")
+        if command != "pieces":
+            result = self.caption(request)
+            for i, word in enumerate(result.text.split(" ")):
+                yield TokenPiece(word if i == 0 else f" {word}")
+            yield result
+            return
+        words: list[str] = []
+        finish: FinishReason = "length"
+        for i in range(int(arg)):
+            words.append(f"w{i}")
+            yield TokenPiece(words[-1] if i == 0 else f" {words[-1]}")
+            if cancelled is not None and cancelled():
+                finish = "cancelled"
+                break
+            time.sleep(0.02)
+        yield replace(self.caption(request), text=" ".join(words), finish_reason=finish,
+                      generated_tokens=len(words))
 
     def caption(self, request: CaptionRequest) -> CaptionResult:
         with self.log.open("a") as out:

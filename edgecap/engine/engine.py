@@ -23,7 +23,7 @@ import json
 import threading
 import time
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jsonschema
@@ -51,6 +51,10 @@ from edgecap.engine.sampling import LoopGuard, make_grammar, make_sampler
 N_SLOTS = 4  # sequences sharing the context (each keeps its own prefix cache)
 
 
+def _never() -> bool:
+    return False
+
+
 def use_extra_buffers(settings: Settings) -> bool:
     """Whether llama.cpp may move weights into its extra CPU buffer types.
 
@@ -73,6 +77,7 @@ class Engine:
         gguf_check.check_pair(model.text, model.mmproj)
 
         self.model_id = model.id
+        self.backend = detect_backend()  # what this llama.cpp build really runs on
         self.settings = settings
         self.counters = {"image_encodes": 0, "image_cache_hits": 0, "prefix_cache_hits": 0}
         self._lock = threading.Lock()
@@ -148,17 +153,25 @@ class Engine:
 
     # ------------------------------------------------------------------ public API
 
-    def caption(self, request: CaptionRequest) -> CaptionResult:
+    def caption(
+        self, request: CaptionRequest, *, cancelled: Callable[[], bool] | None = None
+    ) -> CaptionResult:
         """Run ``stream`` to the end and return its result record."""
-        for item in self.stream(request):
+        for item in self.stream(request, cancelled=cancelled):
             if isinstance(item, CaptionResult):
                 return item
         raise InferenceError("generation ended without a result")  # pragma: no cover
 
-    def stream(self, request: CaptionRequest) -> Iterator[TokenPiece | CaptionResult]:
-        """Yield text pieces as they are generated, then one ``CaptionResult``."""
+    def stream(
+        self, request: CaptionRequest, *, cancelled: Callable[[], bool] | None = None
+    ) -> Iterator[TokenPiece | CaptionResult]:
+        """Yield text pieces as they are generated, then one ``CaptionResult``.
+
+        ``cancelled`` is asked after every generated token; once it answers True, generation
+        stops there and the result carries the text so far with ``finish_reason="cancelled"``.
+        """
         with self._lock:
-            yield from self._generate(request)
+            yield from self._generate(request, cancelled or _never)
 
     def prompt_logits(
         self, request: CaptionRequest, *, raw_prompt: str | None = None
@@ -207,7 +220,9 @@ class Engine:
             request.prompt, system_prompt=system, with_image=request.image is not None
         )
 
-    def _generate(self, request: CaptionRequest) -> Iterator[TokenPiece | CaptionResult]:
+    def _generate(
+        self, request: CaptionRequest, cancelled: Callable[[], bool]
+    ) -> Iterator[TokenPiece | CaptionResult]:
         timings = {"load_image": request.image.load_seconds if request.image else 0.0}
         grammar = make_grammar(request.json_schema) if request.json_schema is not None else None
         prompt = self._prompts.tokenize(self._render(request), request.image)
@@ -250,6 +265,9 @@ class Engine:
                     break
                 if len(tokens) == max_tokens:
                     break
+                if cancelled():
+                    finish = "cancelled"
+                    break
                 self._decode_one(batch, token, n_past, slot.seq_id)
                 n_past += 1
                 slot.cells += 1
@@ -263,7 +281,7 @@ class Engine:
             cut = self._loop_guard.loop_start(tokens) or len(tokens)
             text = self._model.detokenize(tokens[:cut]).decode("utf-8", "replace")
         text = text.strip()
-        if request.json_schema is not None:
+        if request.json_schema is not None and finish != "cancelled":
             self._check_json(text, request.json_schema, finish)
         yield CaptionResult(
             text=text,

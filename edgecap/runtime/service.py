@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import functools
 import itertools
 import logging
 import math
@@ -28,7 +29,15 @@ from typing import Any
 
 from edgecap.config import Settings
 from edgecap.runtime.delivery import Deliverer, outgoing_for
-from edgecap.errors import EdgecapError, InferenceError, RateLimited, TaskConflict, TaskExpired
+from edgecap.errors import (
+    EdgecapError,
+    InferenceError,
+    RateLimited,
+    TaskCancelled,
+    TaskConflict,
+    TaskExpired,
+)
+from edgecap.runtime.feeds import FeedEnd, Feeds, TaskFeed
 from edgecap.records import CaptionResult
 from edgecap.protocol import RESULT_TASK_TYPE, result_item
 from edgecap.runtime.tasks import (
@@ -41,6 +50,7 @@ from edgecap.runtime.tasks import (
 from edgecap.runtime.worker import (
     DefaultEngineFactory,
     EngineFactory,
+    EngineInfo,
     Worker,
     WorkerCrashed,
     WorkerStopped,
@@ -73,6 +83,7 @@ class TaskService:
         self._worker = Worker(engine_factory or DefaultEngineFactory(settings))
         self._deliverer = Deliverer(self.store, settings)
         self._waiters = _Waiters()
+        self._feeds = Feeds()
         self._metrics = _Metrics()
         self._submit_lock = threading.Lock()
         self._wake = threading.Event()
@@ -158,6 +169,32 @@ class TaskService:
         """The task's record; raises ``NotFound`` (taskNotFound) or :class:`TaskExpired`."""
         return self.store.get(task_uuid)
 
+    def watch(self, task_uuid: str) -> TaskFeed:
+        """A feed of the task's text as it is generated, then a :class:`FeedEnd` once its
+        record is final. Open it before :meth:`submit` to miss nothing; call from a coroutine;
+        close it when done."""
+        return self._feeds.open(task_uuid)
+
+    def cancel(self, task_uuid: str) -> bool:
+        """Stop a task: a queued one is finished at once, a running one at its next token.
+
+        Either way it ends with a ``taskCancelled`` error and frees its place. False if the
+        task is not queued or running (finished, unknown, or already past generation).
+        """
+        job = self.store.withdraw(task_uuid)
+        if job is not None:
+            self._finish_error(job, _cancelled(job, 0))
+            return True
+        return self._worker.cancel(task_uuid)
+
+    def engine_info(self) -> EngineInfo | None:
+        """What the engine process runs on (backend), once it has loaded a model."""
+        return self._worker.info
+
+    def running(self) -> int:
+        """Tasks being captioned now (0 or 1 with one engine process)."""
+        return self.store.count("processing")
+
     def queue_depth(self) -> int:
         """Tasks waiting for the worker (not counting the one it is running)."""
         return self.store.count("queued")
@@ -215,8 +252,9 @@ class TaskService:
     def _run(self, claimed: ClaimedTask) -> None:
         job = claimed.job
         started = time.perf_counter()
+        on_piece = functools.partial(self._feeds.send, job.task_uuid)
         try:
-            result = self._worker.run(WorkItem(job.task_uuid, job.model, job.request))
+            result = self._worker.run(WorkItem(job.task_uuid, job.model, job.request), on_piece)
         except WorkerStopped:
             self.store.release(job.task_uuid, refund_attempt=True)
             return
@@ -230,6 +268,9 @@ class TaskService:
         except EdgecapError as exc:
             self._finish_error(job, exc)
             return
+        if result.finish_reason == "cancelled":
+            self._finish_error(job, _cancelled(job, result.generated_tokens), result)
+            return
         self._metrics.record(result, claimed.queued_seconds, time.perf_counter() - started)
         self._finish_success(job, result)
 
@@ -241,11 +282,13 @@ class TaskService:
             cost_per_second=self.settings.cost_per_second,
         )
         response = {"data": [item]}
-        self._finish(job, response, result=item, error=None, text=result.text)
+        self._finish(job, response, result=item, error=None, text=result.text, engine=result)
 
-    def _finish_error(self, job: CaptionJob, exc: EdgecapError) -> None:
+    def _finish_error(
+        self, job: CaptionJob, exc: EdgecapError, engine: CaptionResult | None = None
+    ) -> None:
         error = {**exc.to_dict(), "taskType": RESULT_TASK_TYPE, "taskUUID": _client_uuid(job)}
-        self._finish(job, {"errors": [error]}, result=None, error=error, text=None)
+        self._finish(job, {"errors": [error]}, result=None, error=error, text=None, engine=engine)
 
     def _finish(
         self,
@@ -255,6 +298,7 @@ class TaskService:
         result: dict[str, Any] | None,
         error: dict[str, Any] | None,
         text: str | None,
+        engine: CaptionResult | None = None,
     ) -> None:
         self.store.finish(
             job.task_uuid,
@@ -266,6 +310,7 @@ class TaskService:
         )
         self._deliverer.wake()
         self._waiters.notify(job.task_uuid)
+        self._feeds.send(job.task_uuid, FeedEnd(engine))
 
     def _purge_if_due(self) -> None:
         now = time.monotonic()
@@ -283,6 +328,15 @@ def _client_uuid(job: CaptionJob) -> str:
     multi-image task are stored under UUIDs derived from it, which the client never saw."""
     sent = job.original_task.get("taskUUID")
     return sent if isinstance(sent, str) and sent else job.task_uuid
+
+
+def _cancelled(job: CaptionJob, generated: int) -> TaskCancelled:
+    return TaskCancelled(
+        f"The task {_client_uuid(job)} was cancelled by its client after {generated} generated "
+        "token(s). Send it again under a new taskUUID to caption the image.",
+        parameter="taskUUID",
+        generatedTokens=generated,
+    )
 
 
 def _gave_up(attempts: int, crash: WorkerCrashed) -> InferenceError:

@@ -7,6 +7,12 @@ no inherited threads or locks) loads the model and captions; the parent sends it
 (:class:`WorkError`), never as exceptions. If the child dies, :meth:`Worker.run` raises
 :class:`WorkerCrashed` and a fresh child is started, which loads the model again.
 
+While a task runs the child streams its text as :class:`WorkPiece` messages before the
+:class:`WorkDone`, and the parent may send :class:`CancelWork`: the child looks for it after
+every generated token and, if it names the running task, ends generation there (the result's
+``finish_reason`` is ``"cancelled"``). Once loaded, the child reports what it runs on
+(:class:`EngineInfo`) on a second, one-way pipe.
+
 The parent never imports llama.cpp: the engine is built in the child by an ``engine_factory``,
 a picklable top-level callable taking the model name (None = the default model).
 """
@@ -18,13 +24,14 @@ import multiprocessing
 import multiprocessing.connection
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from edgecap.config import Settings
 from edgecap.errors import EdgecapError, InferenceError, ModelNotReady
-from edgecap.records import CaptionRequest, CaptionResult
+from edgecap.engine.hardware import Backend
+from edgecap.records import CaptionRequest, CaptionResult, TokenPiece
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -39,12 +46,17 @@ STOP_GRACE_S = 5.0
 class CaptionEngine(Protocol):
     """The part of :class:`edgecap.engine.engine.Engine` the worker uses."""
 
-    def caption(self, request: CaptionRequest) -> CaptionResult: ...
+    backend: Backend
+
+    def stream(
+        self, request: CaptionRequest, *, cancelled: Callable[[], bool] | None = None
+    ) -> Iterator[TokenPiece | CaptionResult]: ...
 
     def close(self) -> None: ...
 
 
 EngineFactory = Callable[[str | None], CaptionEngine]
+PieceSink = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -113,6 +125,29 @@ class WorkDone:
     error: WorkError | None = None
 
 
+@dataclass(frozen=True)
+class WorkPiece:
+    """A piece of the running task's text, sent by the child as it is generated."""
+
+    task_uuid: str
+    text: str
+
+
+@dataclass(frozen=True)
+class CancelWork:
+    """Parent to child: stop generating for this task (ignored if it is not running)."""
+
+    task_uuid: str
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What the engine process runs on, as llama.cpp reports it once the model is loaded."""
+
+    backend: str  # "CPU", "CUDA", "Metal", ...
+    gpu_offload: bool
+
+
 class Worker:
     """The parent's handle on the engine process. :meth:`run` is for one thread at a time."""
 
@@ -120,10 +155,14 @@ class Worker:
         self._factory = engine_factory
         self._context = multiprocessing.get_context("spawn")
         self._lock = threading.Lock()  # held while a task is in the child
+        self._send_lock = threading.Lock()  # the dispatcher and cancel() both write to the pipe
         self._stopping = threading.Event()
         self._process: SpawnProcess | None = None
         self._conn: Connection | None = None
+        self._info_conn: Connection | None = None
+        self._info: EngineInfo | None = None
         self._loaded: Event | None = None
+        self._running: str | None = None  # the task_uuid in the child
         self.restarts = 0
 
     @property
@@ -132,23 +171,43 @@ class Worker:
         process, loaded = self._process, self._loaded
         return bool(process and loaded and process.is_alive() and loaded.is_set())
 
+    @property
+    def info(self) -> EngineInfo | None:
+        """What the engine process runs on; None until it has loaded a model."""
+        with self._send_lock:
+            conn = self._info_conn
+            try:
+                while conn is not None and conn.poll():
+                    self._info = conn.recv()
+            except (OSError, EOFError):  # that child is gone; its report stays true of the build
+                pass
+            return self._info
+
     def start(self) -> None:
         """Start the child; it loads the default model in the background."""
         self._stopping.clear()
         self._spawn()
 
-    def run(self, item: WorkItem) -> CaptionResult:
-        """Caption ``item`` in the child. Raises the task's error, or :class:`WorkerCrashed`."""
+    def run(self, item: WorkItem, on_piece: PieceSink | None = None) -> CaptionResult:
+        """Caption ``item`` in the child; ``on_piece`` gets its text as it is generated.
+
+        Raises the task's error, or :class:`WorkerCrashed`.
+        """
         with self._lock:
             if self._stopping.is_set() or self._process is None or self._conn is None:
                 raise WorkerStopped("The worker is stopping; the task will run after a restart.")
             if not self._process.is_alive():  # it died while idle (e.g. loading): not this task
                 self._restart()
             try:
-                self._conn.send(item)
-                reply = self._await_reply()
+                with self._send_lock:
+                    self._conn.send(item)
+                    self._running = item.task_uuid
+                reply = self._await_reply(item.task_uuid, on_piece)
             except (OSError, EOFError):
                 reply = None
+            finally:
+                with self._send_lock:
+                    self._running = None
             if reply is None:
                 raise self._crashed()
         if reply.error is not None:
@@ -156,6 +215,21 @@ class Worker:
         if reply.result is None or reply.task_uuid != item.task_uuid:
             raise InferenceError(f"The worker answered for the wrong task ({reply.task_uuid}).")
         return reply.result
+
+    def cancel(self, task_uuid: str) -> bool:
+        """Ask the child to stop generating ``task_uuid`` at its next token.
+
+        True if that task is the one running now; its :meth:`run` then returns a result whose
+        ``finish_reason`` is ``"cancelled"`` (or whatever it finished with, if it was quicker).
+        """
+        with self._send_lock:
+            if self._running != task_uuid or self._conn is None:
+                return False
+            try:
+                self._conn.send(CancelWork(task_uuid))
+            except OSError:  # the child is gone: run() reports that
+                return False
+            return True
 
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         """Stop the child. An idle child exits cleanly; a busy one is terminated at once."""
@@ -187,28 +261,37 @@ class Worker:
 
     def _spawn(self) -> None:
         parent_end, child_end = self._context.Pipe()
+        info_end, child_info_end = self._context.Pipe(duplex=False)
         self._loaded = self._context.Event()
         self._process = self._context.Process(
             target=serve,
-            args=(self._factory, child_end, self._loaded),
+            args=(self._factory, child_end, self._loaded, child_info_end),
             name="edgecap-engine",
             daemon=True,
         )
         self._process.start()
         child_end.close()  # else the parent would never see EOF when the child dies
-        self._conn = parent_end
+        child_info_end.close()
+        with self._send_lock:
+            if self._info_conn is not None:
+                self._info_conn.close()
+            self._conn, self._info_conn = parent_end, info_end
 
-    def _await_reply(self) -> WorkDone | None:
-        """The child's reply, or None if it died first."""
+    def _await_reply(self, task_uuid: str, on_piece: PieceSink | None) -> WorkDone | None:
+        """The child's reply (its pieces passed to ``on_piece``), or None if it died first."""
         assert self._process is not None and self._conn is not None
-        multiprocessing.connection.wait([self._conn, self._process.sentinel])
-        if not self._conn.poll():  # died without a word
-            return None
-        try:
-            reply: WorkDone = self._conn.recv()
-        except EOFError:
-            return None
-        return reply
+        while True:
+            multiprocessing.connection.wait([self._conn, self._process.sentinel])
+            if not self._conn.poll():  # died without a word
+                return None
+            try:
+                message: WorkDone | WorkPiece = self._conn.recv()
+            except EOFError:
+                return None
+            if not isinstance(message, WorkPiece):
+                return message
+            if on_piece is not None and message.task_uuid == task_uuid:
+                on_piece(message.text)
 
     def _crashed(self) -> EdgecapError:
         """The error for a task whose child died (or was stopped); restarts the child."""
@@ -272,35 +355,68 @@ class _Engines:
             self._engine = None
 
 
-def serve(factory: EngineFactory, conn: Connection, loaded: Event) -> None:
+def serve(factory: EngineFactory, conn: Connection, loaded: Event, info: Connection) -> None:
     """The child's main loop: load the default model, then caption until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     engines = _Engines(factory)
     try:
-        engines.get(None)
+        _report(info, engines.get(None))
         loaded.set()
     except Exception as exc:  # reported to the first task that needs the default model
         logger.warning("Could not load the default model: %s", exc)
     try:
         while (item := _receive(conn)) is not None:
-            conn.send(_caption(engines, item))
-            if engines.holds(None):
+            conn.send(_caption(engines, item, conn))
+            if engines.holds(None) and not loaded.is_set():
+                _report(info, engines.get(None))
                 loaded.set()  # the default model loaded late (it had failed at start)
     finally:
         engines.close()
 
 
+def _report(info: Connection, engine: CaptionEngine) -> None:
+    backend = engine.backend
+    info.send(EngineInfo(backend=backend.name, gpu_offload=backend.gpu_offload))
+
+
 def _receive(conn: Connection) -> WorkItem | None:
-    try:
-        item: WorkItem | None = conn.recv()
-    except EOFError:  # the parent is gone
-        return None
-    return item
+    """The next work item, skipping cancellations of tasks that have already finished."""
+    while True:
+        try:
+            message: WorkItem | CancelWork | None = conn.recv()
+        except EOFError:  # the parent is gone
+            return None
+        if not isinstance(message, CancelWork):
+            return message
 
 
-def _caption(engines: _Engines, item: WorkItem) -> WorkDone:
+class _CancelCheck:
+    """Answers whether the parent has cancelled this task, reading the pipe without waiting."""
+
+    def __init__(self, conn: Connection, task_uuid: str) -> None:
+        self.conn = conn
+        self.task_uuid = task_uuid
+        self.cancelled = False
+
+    def __call__(self) -> bool:
+        while not self.cancelled and self.conn.poll():
+            message = self.conn.recv()  # only CancelWork is sent while a task runs
+            self.cancelled = isinstance(message, CancelWork) and message.task_uuid == self.task_uuid
+        return self.cancelled
+
+
+def _caption(engines: _Engines, item: WorkItem, conn: Connection) -> WorkDone:
+    result: CaptionResult | None = None
     try:
-        result = engines.get(item.model).caption(item.request)
+        engine = engines.get(item.model)
+        for out in engine.stream(item.request, cancelled=_CancelCheck(conn, item.task_uuid)):
+            if isinstance(out, TokenPiece):
+                conn.send(WorkPiece(item.task_uuid, out.text))
+            else:
+                result = out
     except Exception as exc:
         return WorkDone(item.task_uuid, None, WorkError.from_exception(exc))
+    if result is None:
+        error = InferenceError("The engine ended the caption without a result.")
+        return WorkDone(item.task_uuid, None, WorkError.from_exception(error))
     return WorkDone(item.task_uuid, result)

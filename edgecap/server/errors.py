@@ -24,6 +24,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "taskNotFound": 404,
     "taskExpired": 404,
     "mediaNotFound": 404,
+    "taskCancelled": 409,
     "rateLimitExceeded": 429,
     "inferenceError": 500,
     "modelNotReady": 503,

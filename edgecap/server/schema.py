@@ -44,6 +44,7 @@ from edgecap.errors import EdgecapError, UnsupportedParameter
 from edgecap.server.errors import status_of
 
 MAX_PROMPT_CHARS = 20_000
+MAX_TOKENS = 8192  # the largest maxTokens a task may ask for
 MAX_INPUT_IMAGES = 8
 MAX_URL_CHARS = 2048
 MAX_TTL_S = 365 * 24 * 3600  # a year: results are not an archive
@@ -126,7 +127,7 @@ class CaptionTask(_Task):
     output_quality: int = Field(95, ge=20, le=99)
     routing: dict[str, Any] | None = Field(None, description="Accepted and ignored")
     # edgecap extensions
-    max_tokens: int | None = Field(None, ge=1, le=8192)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
     max_pixels: int | None = Field(None, gt=0, description="Image budget, clamped to the ceiling")
