@@ -189,7 +189,9 @@ def test_a_queued_task_whose_client_leaves_is_withdrawn(server: LiveServer) -> N
             assert status(server)["queue"] == {"waiting": 1, "running": 1}
     wait_idle(server)
     for task in (first, second):
-        poll = post(server, [{"taskType": "getResponse", "taskUUID": task["taskUUID"]}], headers=AUTH)
+        poll = post(
+            server, [{"taskType": "getResponse", "taskUUID": task["taskUUID"]}], headers=AUTH
+        )
         assert poll.json()["errors"][0]["code"] == "taskCancelled"
 
 
@@ -316,8 +318,14 @@ def test_image_tokens_follow_the_servers_resize_rule(
 
 @pytest.mark.parametrize(
     "query",
-    ["width=0&height=10", "width=abc&height=10", "height=10", "width=10&height=10&maxPixels=-1",
-     "width=99999999&height=10", "width=10&height=5000"],
+    [
+        "width=0&height=10",
+        "width=abc&height=10",
+        "height=10",
+        "width=10&height=10&maxPixels=-1",
+        "width=99999999&height=10",
+        "width=10&height=5000",
+    ],
 )
 def test_image_tokens_refuse_bad_sizes_with_the_api_error(server: LiveServer, query: str) -> None:
     answer = httpx.get(f"{base(server)}/v1/image-tokens?{query}", timeout=DEADLINE_S)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from edgecap.errors import EdgecapError, UnknownModel
 from edgecap.engine.hardware import Backend
+from edgecap.errors import EdgecapError, UnknownModel
 from edgecap.records import CaptionRequest, CaptionResult, FinishReason, TokenPiece
 from edgecap.runtime.worker import (
     Worker,
@@ -68,8 +68,12 @@ class ScriptedEngine:
                 finish = "cancelled"
                 break
             time.sleep(0.02)
-        yield replace(self.caption(request), text=" ".join(words), finish_reason=finish,
-                      generated_tokens=len(words))
+        yield replace(
+            self.caption(request),
+            text=" ".join(words),
+            finish_reason=finish,
+            generated_tokens=len(words),
+        )
 
     def caption(self, request: CaptionRequest) -> CaptionResult:
         with self.log.open("a") as out:

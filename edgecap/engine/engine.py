@@ -32,13 +32,14 @@ import llama_cpp.mtmd_cpp as mtmd
 import numpy as np
 from llama_cpp._internals import LlamaContext, LlamaModel
 
+from edgecap.config import PIXELS_PER_TOKEN, Settings
 from edgecap.engine import gguf_check, llama_log
 from edgecap.engine.cache import EmbeddingCache, file_fingerprint
-from edgecap.config import PIXELS_PER_TOKEN, Settings
-from edgecap.errors import ContextOverflow, InferenceError, ModelError
 from edgecap.engine.hardware import detect_backend, physical_cores
 from edgecap.engine.prefill import N_BATCH, PromptEvaluator
 from edgecap.engine.prompt import ChatTemplate
+from edgecap.engine.sampling import LoopGuard, make_grammar, make_sampler
+from edgecap.errors import ContextOverflow, InferenceError, ModelError
 from edgecap.records import (
     CaptionRequest,
     CaptionResult,
@@ -46,7 +47,6 @@ from edgecap.records import (
     ModelFiles,
     TokenPiece,
 )
-from edgecap.engine.sampling import LoopGuard, make_grammar, make_sampler
 
 N_SLOTS = 4  # sequences sharing the context (each keeps its own prefix cache)
 

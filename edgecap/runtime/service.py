@@ -28,7 +28,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from edgecap.config import Settings
-from edgecap.runtime.delivery import Deliverer, outgoing_for
 from edgecap.errors import (
     EdgecapError,
     InferenceError,
@@ -37,9 +36,10 @@ from edgecap.errors import (
     TaskConflict,
     TaskExpired,
 )
-from edgecap.runtime.feeds import FeedEnd, Feeds, TaskFeed
-from edgecap.records import CaptionResult
 from edgecap.protocol import RESULT_TASK_TYPE, result_item
+from edgecap.records import CaptionResult
+from edgecap.runtime.delivery import Deliverer, outgoing_for
+from edgecap.runtime.feeds import FeedEnd, Feeds, TaskFeed
 from edgecap.runtime.tasks import (
     CaptionJob,
     ClaimedTask,

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from edgecap.config import Settings
-from edgecap.errors import EdgecapError, InferenceError, ModelNotReady
 from edgecap.engine.hardware import Backend
+from edgecap.errors import EdgecapError, InferenceError, ModelNotReady
 from edgecap.records import CaptionRequest, CaptionResult, TokenPiece
 
 if TYPE_CHECKING:

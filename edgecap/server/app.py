@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from edgecap import __version__
 from edgecap.config import Settings
 from edgecap.registry import Registry
+from edgecap.runtime.service import TaskService
 from edgecap.server.auth import ApiKeys
 from edgecap.server.envelope import Reply
 from edgecap.server.errors import unexpected_error
@@ -33,7 +34,6 @@ from edgecap.server.schema import TASK_MODELS
 from edgecap.server.stream import stream_caption
 from edgecap.server.uploads import UploadStore
 from edgecap.server.ws import Connection, Sessions
-from edgecap.runtime.service import TaskService
 
 logger = logging.getLogger(__name__)
 

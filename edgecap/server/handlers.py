@@ -18,8 +18,9 @@ from starlette.concurrency import run_in_threadpool
 
 from edgecap.config import Settings
 from edgecap.errors import EdgecapError, InvalidParameter, NotFound, RateLimited
-from edgecap.registry import Registry
 from edgecap.protocol import RESULT_TASK_TYPE
+from edgecap.registry import Registry
+from edgecap.runtime.service import TaskConflict, TaskRecord, TaskService
 from edgecap.server.auth import ApiKeys
 from edgecap.server.envelope import Reply
 from edgecap.server.errors import TimeoutProvider, UnsupportedTaskType, unexpected_error
@@ -41,7 +42,6 @@ from edgecap.server.schema import (
     parse_task,
 )
 from edgecap.server.uploads import UploadStore
-from edgecap.runtime.service import TaskConflict, TaskRecord, TaskService
 
 # Caption tasks (REST and WebSocket together) fetching, decoding and queueing images at once;
 # more wait their turn, so a flood of tasks cannot fill the thread pool or the memory.

@@ -190,6 +190,7 @@ async function caption() {
     state.running = null;
     setBusy(false);
     touch();
+    refreshStatus();
   }
 }
 
@@ -322,7 +323,8 @@ function renderHistory() {
 // ---------------------------------------------------------------- status strip, key, kiosk
 
 async function refreshStatus() {
-  if (document.hidden || state.defaults.kiosk.enabled) return;
+  const d = state.defaults;
+  if (document.hidden || d.kiosk.enabled || (d.keyRequired && !sessionStorage.getItem(KEY_KEY))) return;
   try {
     const s = await getJSON("/v1/status");
     const model = s.model.id || `none (${s.model.problem})`;
