@@ -1,7 +1,7 @@
 """The captioning engine: one llama.cpp context and one mtmd context, driven token by token.
 
 We own the loop on llama-cpp-python's low-level and mtmd bindings instead of its chat handlers,
-so that (see spec/qwen25vl-gguf.md):
+so that (see docs/qwen25vl-gguf.md):
 
 - the image reaches mtmd as raw RGB already resized to multiples of 28 (no second resize);
 - image embeddings are cached (a new question about the same picture skips the encoder), and
@@ -215,7 +215,7 @@ class Engine:
     # ------------------------------------------------------------------ generation
 
     def _render(self, request: CaptionRequest) -> str:
-        system = request.system_prompt or self.settings.system_prompt
+        system = self.settings.system_prompt_for(request.system_prompt)
         return self._template.render(
             request.prompt, system_prompt=system, with_image=request.image is not None
         )

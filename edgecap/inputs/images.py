@@ -16,8 +16,6 @@ The image is identified by the sha256 of its encoded bytes, never by its path or
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
 import hashlib
 import io
@@ -33,9 +31,10 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError, features
 
-from edgecap.inputs import netguard
 from edgecap.config import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, PIXELS_PER_TOKEN, Settings
 from edgecap.errors import InvalidInputImage
+from edgecap.inputs import netguard
+from edgecap.inputs.base64text import decode_base64, sentence_start, too_many_bytes
 from edgecap.records import LoadedImage
 
 FACTOR = 28  # patch size 14 x spatial merge 2: the side of one image token
@@ -157,7 +156,7 @@ def read_source(
     """The encoded bytes of ``source``, at most ``settings.max_image_bytes`` long.
 
     Strings are told apart in this order: ``"-"`` (stdin), a URL scheme, ``data:``, an existing
-    file, then strict base64. Messages say which kind was assumed.
+    file, then base64 (:mod:`edgecap.inputs.base64text`). Messages say which kind was assumed.
     """
     limit = settings.max_image_bytes
     if isinstance(source, bytes):
@@ -169,7 +168,7 @@ def read_source(
     if source == "-":
         data = (stdin if stdin is not None else sys.stdin.buffer).read(limit + 1)
         if len(data) > limit:  # only read one byte past the limit: the real size is unknown
-            raise _too_many_bytes("stdin", None, limit)
+            raise too_many_bytes("stdin", None, limit)
         return EncodedImage(data, "stdin")
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", source):
         data = netguard.fetch(source, settings, max_bytes=limit)
@@ -186,7 +185,7 @@ def _read_file(path: Path, limit: int) -> EncodedImage:
     try:
         size = path.stat().st_size
         if size > limit:
-            raise _too_many_bytes(described, size, limit)
+            raise too_many_bytes(described, size, limit)
         return EncodedImage(path.read_bytes(), described)
     except FileNotFoundError as exc:
         raise InvalidInputImage(f"No such file: '{path}'. Check the path.") from exc
@@ -209,12 +208,12 @@ def _decode_data_uri(uri: str, limit: int) -> bytes:
         raise InvalidInputImage(
             "The data URI is not base64-encoded; send it as data:image/png;base64,<data>."
         )
-    return _b64decode(payload, limit, "the data URI")
+    return decode_base64(payload, limit, "the data URI")
 
 
 def _decode_plain_base64(text: str, limit: int) -> bytes:
     try:
-        return _b64decode(text, limit, BASE64_TEXT)
+        return decode_base64(text, limit, BASE64_TEXT)
     except InvalidInputImage:
         looks_like_path = len(text) < 1024 and ("/" in text or "\\" in text or "." in text)
         if looks_like_path:
@@ -225,43 +224,10 @@ def _decode_plain_base64(text: str, limit: int) -> bytes:
         raise
 
 
-def _b64decode(text: str, limit: int, described: str) -> bytes:
-    """Strict base64 (standard or URL-safe alphabet; whitespace and missing padding tolerated)."""
-    compact = "".join(text.split())
-    if len(compact) * 3 // 4 > limit:
-        raise _too_many_bytes(described, len(compact) * 3 // 4, limit)
-    if not re.fullmatch(r"[A-Za-z0-9+/_-]+={0,2}", compact):
-        raise InvalidInputImage(
-            f"{_sentence_start(described)} is not valid base64. "
-            "Send a file path, an http(s) URL, a data URI or base64-encoded image bytes."
-        )
-    padded = compact.rstrip("=")
-    padded += "=" * (-len(padded) % 4)
-    try:
-        return base64.b64decode(padded.translate(str.maketrans("-_", "+/")), validate=True)
-    except binascii.Error as exc:
-        raise InvalidInputImage(
-            f"{_sentence_start(described)} is not valid base64: {exc}."
-        ) from exc
-
-
 def _capped(data: bytes, limit: int, described: str) -> bytes:
     if len(data) > limit:
-        raise _too_many_bytes(described, len(data), limit)
+        raise too_many_bytes(described, len(data), limit)
     return data
-
-
-def _too_many_bytes(described: str, size: int | None, limit: int) -> InvalidInputImage:
-    shown = f"{size:,} bytes; " if size is not None else ""
-    return InvalidInputImage(
-        f"{_sentence_start(described)} is too large ({shown}the limit is {limit:,} bytes, "
-        "max_image_bytes / EDGECAP_MAX_IMAGE_BYTES). Send a smaller or more compressed image."
-    )
-
-
-def _sentence_start(text: str) -> str:
-    """Upper-case the first letter only (``str.capitalize`` would lower-case a file name)."""
-    return text[:1].upper() + text[1:]
 
 
 def _short(text: str) -> str:
@@ -279,13 +245,13 @@ def decode_image(encoded: EncodedImage, settings: Settings) -> tuple[Image.Image
     """
     what = encoded.described
     if not encoded.data:
-        raise InvalidInputImage(f"{_sentence_start(what)} is empty (0 bytes).")
+        raise InvalidInputImage(f"{sentence_start(what)} is empty (0 bytes).")
     image = _open_lazily(encoded)
     width, height = image.size
     limit = settings.max_image_megapixels
     if width * height > limit * 1_000_000:
         raise InvalidInputImage(
-            f"{_sentence_start(what)} is {width}x{height} pixels ({width * height / 1e6:.0f} MP), "
+            f"{sentence_start(what)} is {width}x{height} pixels ({width * height / 1e6:.0f} MP), "
             f"above the {limit:g} MP limit (max_image_megapixels / "
             "EDGECAP_MAX_IMAGE_MEGAPIXELS). Downscale it first."
         )
@@ -297,7 +263,7 @@ def decode_image(encoded: EncodedImage, settings: Settings) -> tuple[Image.Image
     # struct.error, IndexError, ...); none of them may reach the user as a traceback.
     except Exception as exc:
         raise InvalidInputImage(
-            f"{_sentence_start(what)} is truncated or corrupt ({source_format}: {exc}). "
+            f"{sentence_start(what)} is truncated or corrupt ({source_format}: {exc}). "
             "Re-export or re-download the image."
         ) from exc
 
@@ -309,16 +275,16 @@ def _open_lazily(encoded: EncodedImage) -> Image.Image:
         return Image.open(io.BytesIO(encoded.data), formats=supported_formats())
     except Image.DecompressionBombError as exc:
         raise InvalidInputImage(
-            f"{_sentence_start(what)} is too large to decode safely ({exc}). Downscale it first."
+            f"{sentence_start(what)} is too large to decode safely ({exc}). Downscale it first."
         ) from exc
     except UnidentifiedImageError as exc:
         raise InvalidInputImage(
             _missing_plugin_hint(encoded.data, what)
-            or f"{_sentence_start(what)} is not an image in a supported format "
+            or f"{sentence_start(what)} is not an image in a supported format "
             f"({', '.join(supported_formats())})."
         ) from exc
     except Exception as exc:  # a recognised header that fails to parse: see decode_image
-        raise InvalidInputImage(f"{_sentence_start(what)} has a corrupt header ({exc}).") from exc
+        raise InvalidInputImage(f"{sentence_start(what)} has a corrupt header ({exc}).") from exc
 
 
 @functools.cache
@@ -371,7 +337,7 @@ def _missing_plugin_hint(data: bytes, described: str) -> str | None:
     if extra.upper() in supported_formats():  # decodable, so something else is wrong
         return None
     return (
-        f"{_sentence_start(described)} is a {kind} image, which needs an optional decoder: "
+        f"{sentence_start(described)} is a {kind} image, which needs an optional decoder: "
         f"pip install 'edgecap[{extra}]'."
     )
 

@@ -23,9 +23,9 @@ from typing import Any
 
 import httpx
 
-from edgecap.inputs import netguard
 from edgecap.config import Settings
-from edgecap.errors import EdgecapError
+from edgecap.errors import DeliveryFailed, EdgecapError
+from edgecap.inputs import netguard
 from edgecap.runtime.tasks import CaptionJob, Delivery, DeliveryKind, Outgoing, TaskStore
 
 logger = logging.getLogger(__name__)
@@ -40,12 +40,6 @@ BACKOFF_CAP_S = 300.0
 SENDERS = 4  # deliveries in flight at once, so one slow receiver does not hold up the others
 IDLE_WAKE_S = 60.0  # re-read the outbox at least this often
 USER_AGENT = "edgecap"
-
-
-class DeliveryFailed(EdgecapError):
-    """One delivery attempt failed."""
-
-    code, status = "uploadFailed", 502
 
 
 def outgoing_for(job: CaptionJob, response: dict[str, Any], text: str | None) -> list[Outgoing]:
@@ -172,6 +166,12 @@ class Deliverer:
             self._record_failure(delivery, attempts, f"{type(exc).__name__}: {exc}")
         else:
             self._store.delivery_done(delivery.id, attempts=attempts)
+            logger.info(
+                "Delivered the %s of task %s (attempt %d)",
+                delivery.outgoing.kind,
+                delivery.task_uuid,
+                attempts,
+            )
         finally:
             with self._in_flight_lock:
                 self._in_flight.discard(delivery.id)

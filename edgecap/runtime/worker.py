@@ -22,15 +22,18 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import multiprocessing.connection
+import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from edgecap.config import Settings
 from edgecap.engine.hardware import Backend
-from edgecap.errors import EdgecapError, InferenceError, ModelNotReady
+from edgecap.errors import EdgecapError, InferenceError, WorkerCrashed, WorkerStopped, error_class
+from edgecap.logs import LogSetup
 from edgecap.records import CaptionRequest, CaptionResult, TokenPiece
 
 if TYPE_CHECKING:
@@ -73,14 +76,6 @@ class DefaultEngineFactory:
         return Engine(Registry(self.settings).resolve(model), self.settings)
 
 
-class WorkerCrashed(InferenceError):
-    """The child process died while it was working on a task."""
-
-
-class WorkerStopped(ModelNotReady):
-    """:meth:`Worker.stop` was called before or while a task ran."""
-
-
 @dataclass(frozen=True)
 class WorkItem:
     """One caption for the child: which model, which request."""
@@ -92,8 +87,10 @@ class WorkItem:
 
 @dataclass(frozen=True)
 class WorkError:
-    """An :class:`EdgecapError` as a plain value, so it can cross the process boundary."""
+    """An :class:`EdgecapError` as plain values, so it can cross the process boundary; the
+    parent gets back the same subclass (looked up by name in :mod:`edgecap.errors`)."""
 
+    kind: str  # the class name, e.g. "UnknownModel"
     code: str
     status: int
     message: str
@@ -104,10 +101,12 @@ class WorkError:
     def from_exception(cls, exc: BaseException) -> WorkError:
         if not isinstance(exc, EdgecapError):
             exc = InferenceError(f"The engine failed: {type(exc).__name__}: {exc}")
-        return cls(exc.code, exc.status, exc.message, exc.parameter, dict(exc.extra))
+        return cls(
+            type(exc).__name__, exc.code, exc.status, exc.message, exc.parameter, dict(exc.extra)
+        )
 
     def to_exception(self) -> EdgecapError:
-        return EdgecapError(
+        return error_class(self.kind)(
             self.message,
             code=self.code,
             status=self.status,
@@ -151,8 +150,10 @@ class EngineInfo:
 class Worker:
     """The parent's handle on the engine process. :meth:`run` is for one thread at a time."""
 
-    def __init__(self, engine_factory: EngineFactory) -> None:
+    def __init__(self, engine_factory: EngineFactory, *, log_setup: LogSetup | None = None) -> None:
+        """``log_setup``: how the engine process logs (None: it configures no logging)."""
         self._factory = engine_factory
+        self._log_setup = log_setup
         self._context = multiprocessing.get_context("spawn")
         self._lock = threading.Lock()  # held while a task is in the child
         self._send_lock = threading.Lock()  # the dispatcher and cancel() both write to the pipe
@@ -256,6 +257,9 @@ class Worker:
             try:
                 if self._conn is not None:
                     self._conn.close()
+                # Drop the child and its Event now: their semaphores are released here, not
+                # reported as leaked by multiprocessing's resource tracker at exit.
+                self._process = self._loaded = None
             finally:
                 self._lock.release()
 
@@ -265,7 +269,7 @@ class Worker:
         self._loaded = self._context.Event()
         self._process = self._context.Process(
             target=serve,
-            args=(self._factory, child_end, self._loaded, child_info_end),
+            args=(self._factory, child_end, self._loaded, child_info_end, self._log_setup),
             name="edgecap-engine",
             daemon=True,
         )
@@ -355,13 +359,25 @@ class _Engines:
             self._engine = None
 
 
-def serve(factory: EngineFactory, conn: Connection, loaded: Event, info: Connection) -> None:
-    """The child's main loop: load the default model, then caption until told to stop."""
+def serve(
+    factory: EngineFactory,
+    conn: Connection,
+    loaded: Event,
+    info: Connection,
+    log_setup: LogSetup | None = None,
+) -> None:
+    """The child's main loop: set up logging, load the default model, then caption until told
+    to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    if log_setup is not None:
+        log_setup.apply()
+    logger.info("Engine process %d started; loading the default model", os.getpid())
     engines = _Engines(factory)
     try:
+        started = time.perf_counter()
         _report(info, engines.get(None))
         loaded.set()
+        logger.info("Loaded the default model in %.1f s", time.perf_counter() - started)
     except Exception as exc:  # reported to the first task that needs the default model
         logger.warning("Could not load the default model: %s", exc)
     try:

@@ -8,8 +8,7 @@ from typing import Any
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-from edgecap.errors import PayloadTooLarge
-from edgecap.server.errors import BadRequestBody
+from edgecap.errors import BadRequestBody, PayloadTooLarge
 
 THREADPOOL_JSON_BYTES = 256 * 1024  # parse larger bodies off the event loop
 MAX_TASKS_PER_REQUEST = 64  # tasks in one REST body or WebSocket message (besides authentication)

@@ -14,14 +14,14 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from edgecap.inputs import images, netguard
 from edgecap.config import Settings
 from edgecap.errors import DownloadFailed, EdgecapError, InvalidParameter
+from edgecap.inputs import images, netguard
 from edgecap.records import CaptionRequest, LoadedImage, Sampling
 from edgecap.registry import Registry
+from edgecap.runtime.service import CaptionJob
 from edgecap.server.schema import CaptionTask
 from edgecap.server.uploads import UploadStore, is_media_uuid, is_url, wire_image
-from edgecap.runtime.service import CaptionJob
 
 INLINE_KEPT_CHARS = 256
 
@@ -107,7 +107,7 @@ def make_jobs(task: CaptionTask, raw: dict[str, Any], inputs: JobInputs) -> list
             request=CaptionRequest(
                 image=image,
                 prompt=task.instruction() or settings.default_prompt,
-                system_prompt=settings.system_prompt,
+                system_prompt=None,  # the API has none: the engine applies the server's
                 sampling=sampling,
                 json_schema=json_schema,
             ),

@@ -18,14 +18,13 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from edgecap.config import PIXELS_PER_TOKEN
-from edgecap.errors import EdgecapError, InvalidParameter
+from edgecap.config import MAX_TOKENS_LIMIT, PIXELS_PER_TOKEN
+from edgecap.errors import EdgecapError, InvalidParameter, MediaNotFound
 from edgecap.inputs.images import pixel_budget, smart_resize
+from edgecap.protocol import Reply
 from edgecap.server.auth import bearer_key
-from edgecap.server.envelope import Reply
-from edgecap.server.errors import MediaNotFound
 from edgecap.server.handlers import Context
-from edgecap.server.schema import MAX_PROMPT_CHARS, MAX_TOKENS
+from edgecap.server.schema import MAX_PROMPT_CHARS
 
 CSP = (
     "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
@@ -68,7 +67,7 @@ def make_page_router(ctx: Context) -> APIRouter:
         s = ctx.settings
         return {
             "maxTokens": s.max_tokens,
-            "maxTokensLimit": MAX_TOKENS,
+            "maxTokensLimit": MAX_TOKENS_LIMIT,
             "maxPixels": s.max_pixels,
             "minPixels": s.min_pixels,
             "maxPixelsCeiling": s.max_pixels_ceiling,

@@ -28,13 +28,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
 from edgecap.errors import AuthError, EdgecapError, InvalidParameter
+from edgecap.protocol import Reply, error_object
 from edgecap.records import CaptionResult
 from edgecap.runtime.feeds import FeedEnd, TaskFeed
 from edgecap.runtime.tasks import TaskRecord
 from edgecap.server.auth import bearer_key
 from edgecap.server.body import decode_json, read_body
-from edgecap.server.envelope import Reply
-from edgecap.server.errors import error_object
 from edgecap.server.handlers import Context, submit_caption
 from edgecap.server.schema import CaptionTask, parse_task
 

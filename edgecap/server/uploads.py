@@ -9,8 +9,6 @@ for ``settings.upload_retention_days`` are deleted by :meth:`UploadStore.purge_u
 
 from __future__ import annotations
 
-import base64
-import binascii
 import io
 import os
 import re
@@ -21,10 +19,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from edgecap.inputs import images
 from edgecap.config import Settings
-from edgecap.errors import EdgecapError, InvalidInputImage
-from edgecap.server.errors import MediaNotFound
+from edgecap.errors import EdgecapError, MediaNotFound
+from edgecap.fsutil import write_bytes_atomic
+from edgecap.inputs import images
+from edgecap.inputs.base64text import decode_base64
 
 MAX_SIDE = 2048
 JPEG_QUALITY = 95
@@ -42,6 +41,10 @@ FORMATS = {
     "AVIF": ("avif", "image/avif"),
     "HEIF": ("heic", "image/heic"),
 }
+WIRE_FIX = (
+    "Send the image file's bytes in base64, a data:image/...;base64 URI, an http(s) URL, or the "
+    "UUID of an uploaded image."
+)
 CONTENT_TYPES = {ext: content_type for ext, content_type in FORMATS.values()}
 
 
@@ -58,24 +61,12 @@ def wire_image(text: str, settings: Settings) -> str | bytes:
     """An image string from a client, as something :func:`images.load_image` reads safely.
 
     ``load_image`` also reads file paths and stdin, which a remote client must never reach:
-    URLs and data URIs pass through as text; anything else is plain base64, decoded here.
+    URLs and data URIs pass through as text; anything else is plain base64, decoded here under
+    the one base64 rule (:mod:`edgecap.inputs.base64text`).
     """
     if is_url(text) or text[:5].lower() == "data:":
         return text
-    compact = "".join(text.split())
-    if len(compact) * 3 // 4 > settings.max_image_bytes:
-        raise InvalidInputImage(
-            f"The base64 image is larger than {settings.max_image_bytes:,} bytes "
-            "(max_image_bytes / EDGECAP_MAX_IMAGE_BYTES). Send a smaller image."
-        )
-    try:
-        return base64.b64decode(compact, validate=True)
-    except binascii.Error as exc:
-        raise InvalidInputImage(
-            f"The image is neither a URL, a data URI nor valid base64 ({exc}). Send the "
-            "image file's bytes in base64, a data:image/...;base64 URI, an http(s) URL, or "
-            "the UUID of an uploaded image."
-        ) from None
+    return decode_base64(text, settings.max_image_bytes, "the image", fix=WIRE_FIX)
 
 
 class UploadStore:
@@ -107,9 +98,7 @@ class UploadStore:
             data, ext = encoded.data, FORMATS[source_format][0]
         image_uuid = str(uuid.uuid4())
         self.root.mkdir(parents=True, exist_ok=True)
-        temporary = self.root / f".{image_uuid}.tmp"
-        temporary.write_bytes(data)
-        temporary.replace(self.root / f"{image_uuid}.{ext}")
+        write_bytes_atomic(self.root / f"{image_uuid}.{ext}", data)
         return image_uuid
 
     def path(self, image_uuid: str, *, parameter: str = "imageUUID") -> Path:

@@ -26,8 +26,8 @@ from typing import Any
 from fastapi import WebSocket, WebSocketDisconnect
 
 from edgecap.errors import EdgecapError
+from edgecap.protocol import Reply, success_envelope
 from edgecap.server.body import parse_body, too_large
-from edgecap.server.envelope import Reply
 from edgecap.server.handlers import Caller, Context, run_task, task_identity
 from edgecap.server.schema import AuthenticationTask, parse_task
 
@@ -193,7 +193,7 @@ class Connection:
         item: dict[str, Any] = {"taskType": "authentication", "connectionSessionUUID": session.uuid}
         if task_uuid is not None:
             item["taskUUID"] = task_uuid
-        await session.attach(self.writer, {"data": [item]})
+        await session.attach(self.writer, success_envelope(item))
         return True
 
     async def anonymous_session(self) -> WsSession:
@@ -211,18 +211,11 @@ class Connection:
 
     async def run(self, raw: Any, session: WsSession) -> None:
         reply = await run_task(raw, self.ctx, self.caller)
-        for frame in frames(reply):
+        for frame in reply.frames():
             await session.send(frame)
 
     async def send_now(self, reply: Reply) -> None:
         """Frames that belong to this connection only (no session, e.g. a failed login)."""
-        for frame in frames(reply):
+        for frame in reply.frames():
             with contextlib.suppress(*SEND_ERRORS):
                 await self.writer.write(frame)
-
-
-def frames(reply: Reply) -> list[dict[str, Any]]:
-    """One frame per result item, one per error (clients match frames by taskUUID)."""
-    return [{"data": [item]} for item in reply.items] + [
-        {"errors": [error]} for error in reply.errors
-    ]
