@@ -401,6 +401,65 @@ def test_the_page_is_usable_by_keyboard_and_at_phone_width(
     assert page.get_by_role("status").inner_text()
 
 
+DROP_AND_PASTE = """async ([kind, bytes]) => {
+  const file = new File([new Uint8Array(bytes)], kind + ".png", {type: "image/png"});
+  const data = new DataTransfer();
+  data.items.add(file);
+  const event = kind === "dropped"
+    ? new DragEvent("drop", {dataTransfer: data, bubbles: true, cancelable: true})
+    : new ClipboardEvent("paste", {clipboardData: data, bubbles: true, cancelable: true});
+  (kind === "dropped" ? document.getElementById("drop") : document).dispatchEvent(event);
+}"""
+
+
+def wait_for_preview(page: Page, name: str) -> None:
+    """Until the preview names the file ``name`` and what it costs."""
+    page.wait_for_function(
+        """(name) => {
+          const info = document.getElementById('preview-info').textContent;
+          return info.startsWith(name) && info.includes('image tokens');
+        }""",
+        arg=name,
+        timeout=WAIT_MS,
+    )
+
+
+def test_drop_paste_and_camera_each_choose_the_image(
+    playwright: Playwright, server: LiveServer, tmp_path: Path
+) -> None:
+    context = playwright.chromium.launch_persistent_context(
+        str(tmp_path / "profile"),
+        executable_path=str(CHROMIUM),
+        headless=True,
+        # Chromium's own test camera, allowed without a prompt.
+        args=[
+            *CHROMIUM_ARGS,
+            "--use-fake-device-for-media-stream",
+            "--use-fake-ui-for-media-stream",
+        ],
+        viewport=DESKTOP,
+    )
+    try:
+        origin = f"http://127.0.0.1:{server.port}"
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(origin + "/")
+        log_in(page)
+        picture = list(photo(tmp_path).read_bytes())
+        for kind in ("dropped", "pasted"):
+            page.evaluate(DROP_AND_PASTE, [kind, picture])
+            wait_for_preview(page, f"{kind}.png")
+        page.get_by_role("button", name="Use camera").click()
+        page.get_by_role("button", name="Take picture").click(timeout=WAIT_MS)
+        wait_for_preview(page, "camera.jpg")
+        assert page.locator("#camera-box").is_hidden()  # the camera is released
+        assert not errors, errors
+    finally:
+        context.close()
+
+
 def test_the_committed_screenshots_exist() -> None:
     docs = Path(__file__).resolve().parent.parent / "docs"
     for name in ("web-page.png", "kiosk.png"):

@@ -174,7 +174,8 @@ async function caption() {
     const response = await fetch("/v1/stream", {
       method: "POST", headers: headers(true), body: JSON.stringify(task), signal: controller.signal,
     });
-    if (!response.ok || !response.headers.get("content-type").startsWith("text/event-stream")) {
+    const type = response.headers.get("content-type") || "";
+    if (!response.ok || !type.startsWith("text/event-stream")) {
       throw apiError(await response.json().catch(() => ({})), response.status);
     }
     await readEvents(response.body, { piece: onPiece, result: onResult, error: onStreamError });
