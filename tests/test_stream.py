@@ -26,6 +26,7 @@ from api_support import (
 )
 from test_worker import ScriptedEngineFactory, caption_item, wait_until_ready
 
+from edgecap.cli import build_parser
 from edgecap.config import PIXELS_PER_TOKEN
 from edgecap.inputs.images import pixel_budget, smart_resize
 from edgecap.runtime.worker import EngineInfo, Worker
@@ -332,3 +333,31 @@ def test_image_tokens_refuse_bad_sizes_with_the_api_error(server: LiveServer, qu
     assert answer.status_code == 400
     error = answer.json()["errors"][0]
     assert error["code"] in {"invalidParameter", "invalidInputImage"} and error["message"]
+
+
+# ---------------------------------------------------------------------------- serve's kiosk flags
+
+
+def test_serve_parses_the_kiosk_flags() -> None:
+    args = build_parser().parse_args(
+        ["serve", "--kiosk", "--kiosk-prompt", "Describe it.", "--kiosk-idle", "5"]
+    )
+    assert (args.kiosk, args.kiosk_prompt, args.kiosk_idle_s) == (True, "Describe it.", 5.0)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--kiosk-idle", "0"], "not a number of seconds from 1 to 86400"),
+        (["--kiosk-idle", "soon"], "not a number of seconds"),
+        (["--kiosk-prompt", ""], "1 to 2000 characters"),
+        (["--kiosk-prompt", "x" * 2001], "1 to 2000 characters"),
+    ],
+)
+def test_serve_refuses_bad_kiosk_flags_with_a_message(
+    flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["serve", *flags])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err

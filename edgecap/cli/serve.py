@@ -55,7 +55,9 @@ def add_parser(subparsers: Any) -> None:
         default=None,
         help="serve the full-screen kiosk page at / (one fixed prompt, cleared when idle)",
     )
-    parser.add_argument("--kiosk-prompt", metavar="TEXT", help="the prompt the kiosk page uses")
+    parser.add_argument(
+        "--kiosk-prompt", type=kiosk_prompt, metavar="TEXT", help="the prompt the kiosk page uses"
+    )
     parser.add_argument(
         "--kiosk-idle",
         type=idle_seconds,
@@ -89,6 +91,13 @@ def port_number(text: str) -> int:
     if not text.isdigit() or int(text) > 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
     return int(text)
+
+
+def kiosk_prompt(text: str) -> str:
+    """A prompt of 1 to 2000 characters."""
+    if not text.strip() or len(text) > 2000:
+        raise argparse.ArgumentTypeError("the kiosk prompt must be 1 to 2000 characters long")
+    return text
 
 
 def idle_seconds(text: str) -> float:
