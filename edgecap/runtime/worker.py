@@ -257,6 +257,10 @@ class Worker:
             try:
                 if self._conn is not None:
                     self._conn.close()
+                with self._send_lock:
+                    if self._info_conn is not None:
+                        self._info_conn.close()
+                    self._info_conn = None
                 # Drop the child and its Event now: their semaphores are released here, not
                 # reported as leaked by multiprocessing's resource tracker at exit.
                 self._process = self._loaded = None
