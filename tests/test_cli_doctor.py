@@ -9,14 +9,14 @@ import json
 from pathlib import Path
 
 import pytest
-from test_batch import FakeEngine
-from test_cli_caption import register
 
 from edgecap.cli import caption as caption_cmd
 from edgecap.cli import main
 from edgecap.config import Settings
 from edgecap.errors import InferenceError
 from edgecap.records import ModelFiles
+from tests.support.engines import FakeEngine
+from tests.support.models import register
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[str], str]:

@@ -14,22 +14,17 @@ from typing import Any
 
 import httpx
 import pytest
-from api_support import (
-    LiveServer,
-    api_settings,
-    data_uri,
-    install_model,
-    live_server,
-    new_uuid,
-    png_bytes,
-    post,
-)
-from test_worker import ScriptedEngineFactory, caption_item, wait_until_ready
 
 from edgecap.cli import build_parser
 from edgecap.config import PIXELS_PER_TOKEN
 from edgecap.inputs.images import pixel_budget, smart_resize
-from edgecap.runtime.worker import EngineInfo, Worker
+from edgecap.records import CaptionRequest
+from edgecap.runtime.messages import WorkItem
+from edgecap.runtime.worker import Worker
+from tests.support.api import LiveServer, api_settings, install_model, live_server, new_uuid, post
+from tests.support.engines import StreamingEngineFactory
+from tests.support.images import data_uri, png_bytes
+from tests.support.waiting import wait_until
 
 KEY = "stream-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -41,41 +36,23 @@ DEADLINE_S = 30.0
 
 @pytest.fixture
 def worker(tmp_path: Path) -> Iterator[Worker]:
-    worker = Worker(ScriptedEngineFactory(tmp_path / "engine.log"))
+    worker = Worker(StreamingEngineFactory(tmp_path / "engine.log"))
     worker.start()
-    wait_until_ready(worker)
+    wait_until(lambda: worker.ready, "the engine process to load", DEADLINE_S)
     yield worker
     worker.stop()
 
 
-def test_the_child_streams_pieces_then_the_result_and_reports_its_backend(
-    worker: Worker,
-) -> None:
+def item(prompt: str, task_uuid: str = "t1") -> WorkItem:
+    return WorkItem(task_uuid, None, CaptionRequest(image=None, prompt=prompt), stream=True)
+
+
+def test_the_engine_process_reports_the_backend_its_llama_cpp_runs(worker: Worker) -> None:
     pieces: list[str] = []
-    result = worker.run(caption_item("pieces:5"), pieces.append)
-    assert pieces == ["w0", " w1", " w2", " w3", " w4"]
-    assert (result.text, result.finish_reason) == ("w0 w1 w2 w3 w4", "length")
-    assert worker.info == EngineInfo(backend="Scripted", gpu_offload=False)
-
-
-def test_cancel_stops_generation_at_the_next_piece_and_ignores_other_tasks(
-    worker: Worker,
-) -> None:
-    pieces: list[str] = []
-
-    def on_piece(text: str) -> None:
-        pieces.append(text)
-        if len(pieces) == 3:
-            assert not worker.cancel("some-other-task")
-            assert worker.cancel("t1")
-
-    result = worker.run(caption_item("pieces:1000", task_uuid="t1"), on_piece)
-    assert result.finish_reason == "cancelled"
-    assert 3 <= result.generated_tokens < 1000
-    assert result.text == "".join(pieces)
-    assert not worker.cancel("t1")  # nothing runs now
-    # A stale cancellation does not leak into the next task.
-    assert worker.run(caption_item("pieces:4", task_uuid="t2")).finish_reason == "length"
+    result = worker.run(item("pieces:3"), pieces.append)
+    assert pieces == ["w0", " w1", " w2"] and result.text == "w0 w1 w2"
+    info = worker.info
+    assert info is not None and info.backend in {"CPU", "CUDA", "Metal", "Vulkan", "ROCm", "SYCL"}
 
 
 # ---------------------------------------------------------------------------- the API
@@ -84,9 +61,9 @@ def test_cancel_stops_generation_at_the_next_piece_and_ignores_other_tasks(
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     settings = api_settings(
-        tmp_path_factory.mktemp("home"), api_keys=[KEY], max_image_megapixels=1.0
+        tmp_path_factory.mktemp("home"), api_keys=[KEY], max_image_megapixels=1.0, parallel=1
     )
-    factory = ScriptedEngineFactory(tmp_path_factory.mktemp("engine") / "calls.log")
+    factory = StreamingEngineFactory(tmp_path_factory.mktemp("engine") / "calls.log")
     with live_server(settings, factory, install_model(settings)) as server:
         server.wait_ready()
         yield server
@@ -292,7 +269,7 @@ def test_status_names_the_model_backend_and_queue(server: LiveServer) -> None:
     assert httpx.get(f"{base(server)}/v1/status", timeout=DEADLINE_S).status_code == 401
     body = wait_idle(server)
     assert body["model"] == {"id": "edgecap-tiny-random", "randomWeights": True}
-    assert body["backend"] == {"name": "Scripted", "gpuOffload": False}
+    assert body["backend"]["name"] in {"CPU", "CUDA", "Metal", "Vulkan", "ROCm", "SYCL"}
     assert body["ready"] is True
 
 

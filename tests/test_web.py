@@ -19,20 +19,13 @@ from typing import Any
 
 import httpx
 import pytest
-from api_support import (
-    LiveServer,
-    api_settings,
-    data_uri,
-    install_model,
-    live_server,
-    new_uuid,
-    post,
-)
 from PIL import Image
 from playwright.sync_api import BrowserContext, Page, Playwright, sync_playwright
 
 from edgecap.config import Settings
 from edgecap.records import ModelFiles
+from tests.support.api import LiveServer, api_settings, install_model, live_server, new_uuid, post
+from tests.support.images import data_uri
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
