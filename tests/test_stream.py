@@ -47,12 +47,13 @@ def item(prompt: str, task_uuid: str = "t1") -> WorkItem:
     return WorkItem(task_uuid, None, CaptionRequest(image=None, prompt=prompt), stream=True)
 
 
-def test_the_engine_process_reports_the_backend_its_llama_cpp_runs(worker: Worker) -> None:
+def test_the_scheduler_double_streams_and_reports_no_backend(worker: Worker) -> None:
     pieces: list[str] = []
     result = worker.run(item("pieces:3"), pieces.append)
     assert pieces == ["w0", " w1", " w2"] and result.text == "w0 w1 w2"
-    info = worker.info
-    assert info is not None and info.backend in {"CPU", "CUDA", "Metal", "Vulkan", "ROCm", "SYCL"}
+    # It never loaded llama.cpp, so it has no backend to report (test_web.py checks the real
+    # engine's report on the status strip).
+    assert worker.info is None
 
 
 # ---------------------------------------------------------------------------- the API
@@ -269,7 +270,7 @@ def test_status_names_the_model_backend_and_queue(server: LiveServer) -> None:
     assert httpx.get(f"{base(server)}/v1/status", timeout=DEADLINE_S).status_code == 401
     body = wait_idle(server)
     assert body["model"] == {"id": "edgecap-tiny-random", "randomWeights": True}
-    assert body["backend"]["name"] in {"CPU", "CUDA", "Metal", "Vulkan", "ROCm", "SYCL"}
+    assert body["backend"] is None  # the scripted engine never loads llama.cpp
     assert body["ready"] is True
 
 

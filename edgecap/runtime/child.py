@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Hashable
@@ -217,14 +218,15 @@ def as_edgecap(exc: BaseException) -> EdgecapError:
 
 
 def _report_backend(conn: Connection) -> None:
-    """Tell the parent which backend this process's llama.cpp runs (what doctor reports)."""
-    try:
-        from edgecap.engine.hardware import detect_backend
+    """Tell the parent which backend this process's llama.cpp runs (what doctor reports).
 
-        backend = detect_backend()
-    except (ImportError, OSError) as exc:  # llama.cpp does not load: nothing to report
-        logger.warning("Could not ask llama.cpp for its backend: %s", exc)
+    Only an engine that loaded llama.cpp has one; a test double that did not stays silent.
+    """
+    if "llama_cpp" not in sys.modules:
         return
+    from edgecap.engine.hardware import detect_backend
+
+    backend = detect_backend()
     conn.send(EngineInfo(backend.name, backend.gpu_offload))
 
 
