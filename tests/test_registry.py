@@ -10,9 +10,12 @@ from typing import Any
 
 import pytest
 
+import edgecap.registry.install
 from edgecap.config import Settings
+from edgecap.engine.hardware import Recommendation
 from edgecap.errors import DownloadFailed, InvalidParameter, ModelError, ModelNotReady, UnknownModel
 from edgecap.registry import PACK_FILE, Catalog, Registry, load_catalog
+from edgecap.registry.catalog import Variant
 from tests.support.models import (
     MMPROJ,
     TEXT_Q4,
@@ -466,3 +469,48 @@ def test_pull_of_a_missing_file_or_a_local_model_fails_clearly(
         registry.pull("fake-vl", endpoint=mirror.url, progress=False)
     with pytest.raises(ModelError, match=r"`make demo`"):
         Registry(settings_for(tmp_path / "home")).pull(TINY, progress=False)
+
+
+# -- the projector that suits this CPU ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cpu_type", "published_bf16", "variant", "mmproj", "note"),
+    [
+        ("bf16", True, "q4_k_m-mmproj-bf16", "mmproj-Fake-bf16.gguf", False),
+        ("bf16", False, "q4_k_m", "mmproj-Fake-f16.gguf", True),
+        ("f16", True, "q4_k_m", "mmproj-Fake-f16.gguf", False),
+    ],
+)
+def test_pull_takes_the_projector_that_suits_the_cpu(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    cpu_type: str,
+    published_bf16: bool,
+    variant: str,
+    mmproj: str,
+    note: bool,
+) -> None:
+    """The CPU is simulated (``recommend`` answers for a CPU with or without native bf16); the
+    download is real, from the loopback mirror."""
+    monkeypatch.setattr(
+        edgecap.registry.install, "recommend", lambda: Recommendation(cpu_type, "simulated")
+    )
+    contents = {**FAKE_FILES, "mmproj-Fake-bf16.gguf": MMPROJ + b"bf16"}
+    catalog = fake_catalog(contents=contents)
+    if published_bf16:
+        known = catalog.models[0]
+        variants = {
+            **known.variants,
+            "q4_k_m-mmproj-bf16": Variant(text="Fake-Q4_K_M.gguf", mmproj="mmproj-Fake-bf16.gguf"),
+        }
+        catalog = catalog.model_copy(
+            update={"models": [known.model_copy(update={"variants": variants})]}
+        )
+    registry = Registry(settings_for(tmp_path / "home"), catalog=catalog)
+    with serve_mirror({f"{FAKE_REPO}/{n}": d for n, d in contents.items()}) as hub:
+        record = registry.pull("fake-vl", endpoint=hub.url, progress=False)
+    assert record.variant == variant
+    assert registry.resolve("fake-vl").mmproj.read_bytes() == contents[mmproj]
+    assert ("publishes none" in caplog.text) == note

@@ -54,7 +54,7 @@ def _converted(checkpoint: Path, outdir: Path, outtype: str) -> tuple[Path, Path
         mmproj = next(p for p in existing if p.name.startswith("mmproj-"))
         text = next(p for p in existing if not p.name.startswith("mmproj-"))
         return text, mmproj
-    return convert(checkpoint, sub, outtype=outtype, name="bench")
+    return convert(checkpoint, sub, outtype=outtype, name="bench", mmproj_type=outtype)
 
 
 def synthetic_image(width: int, height: int) -> bytes:
