@@ -126,6 +126,18 @@ class Settings(BaseSettings):
     cost_per_second: float = Field(0.0002, ge=0, description="USD per compute second")
     webhook_retries: int = Field(5, ge=0, le=20)
 
+    # The web page at GET / (docs/web.md)
+    kiosk: bool = Field(False, description="Serve the single-purpose, full-screen kiosk page")
+    kiosk_prompt: str = Field(
+        "Describe this picture in one or two sentences.",
+        min_length=1,
+        max_length=2000,
+        description="The one prompt the kiosk page uses",
+    )
+    kiosk_idle_s: float = Field(
+        60.0, ge=1, le=24 * 3600, description="Idle seconds before the kiosk clears its screen"
+    )
+
     # Logging (the server and its engine process; see edgecap.logs)
     log_level: Annotated[LogLevel, BeforeValidator(_upper)] = "INFO"
     log_format: LogFormat = Field("text", description="text, or json: one JSON object a line")

@@ -73,9 +73,7 @@ def logging_config(level: LogLevel, log_format: LogFormat) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"text": {"format": TEXT_FORMAT}, "json": {"()": JsonFormatter}},
-        "handlers": {
-            "stderr": {"()": StderrHandler, "formatter": log_format}
-        },
+        "handlers": {"stderr": {"()": StderrHandler, "formatter": log_format}},
         "root": {"level": "WARNING", "handlers": ["stderr"]},
         "loggers": {name: {"level": level} for name in OUR_LOGGERS},
     }

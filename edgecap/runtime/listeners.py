@@ -25,6 +25,19 @@ class Listener:
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue[Event]
     pieces: bool  # wants the text pieces, not only the outcome
+    task_uuid: str
+    owner: Listeners
+
+    async def next(self, timeout: float) -> Event | None:
+        """The next event, or None if none came within ``timeout`` seconds."""
+        try:
+            return await asyncio.wait_for(self.queue.get(), timeout)
+        except asyncio.TimeoutError:
+            return None
+
+    def close(self) -> None:
+        """Stop listening (idempotent)."""
+        self.owner.remove(self.task_uuid, self)
 
 
 class Listeners:
@@ -36,7 +49,7 @@ class Listeners:
 
     def add(self, task_uuid: str, *, pieces: bool) -> Listener:
         """A new listener on the running event loop."""
-        listener = Listener(asyncio.get_running_loop(), asyncio.Queue(), pieces)
+        listener = Listener(asyncio.get_running_loop(), asyncio.Queue(), pieces, task_uuid, self)
         with self._lock:
             self._by_task.setdefault(task_uuid, []).append(listener)
         return listener

@@ -30,6 +30,7 @@ from edgecap.errors import (
     EdgecapError,
     InferenceError,
     RateLimited,
+    TaskCancelled,
     TaskConflict,
     TaskExpired,
     TimeoutProvider,
@@ -44,7 +45,8 @@ from edgecap.protocol import (
 )
 from edgecap.records import CaptionResult, TokenPiece
 from edgecap.runtime.delivery import Deliverer, outgoing_for
-from edgecap.runtime.listeners import Listeners
+from edgecap.runtime.listeners import Listener, Listeners
+from edgecap.runtime.messages import EngineInfo, WorkItem
 from edgecap.runtime.stats import ServiceStats
 from edgecap.runtime.tasks import (
     CaptionJob,
@@ -59,7 +61,6 @@ from edgecap.runtime.worker import (
     Worker,
     WorkerCrashed,
     WorkerStopped,
-    WorkItem,
 )
 
 __all__ = ["CaptionJob", "TaskConflict", "TaskExpired", "TaskRecord", "TaskService"]
@@ -214,6 +215,38 @@ class TaskService:
         """The task's record; raises ``NotFound`` (taskNotFound) or :class:`TaskExpired`."""
         return self.store.get(task_uuid)
 
+    def watch(self, task_uuid: str) -> Listener:
+        """A listener on the task: its text pieces as they are generated, then its
+        ``CaptionResult`` or error once its record is final. Open it before :meth:`submit` to
+        miss nothing; call from a coroutine; close it when done."""
+        return self._listeners.add(task_uuid, pieces=True)
+
+    def cancel(self, task_uuid: str) -> bool:
+        """Stop a task: a queued one is finished at once, a running one at its next token.
+
+        Either way it ends with a ``taskCancelled`` error and frees its place. False if the
+        task is not queued or running (finished, unknown, or already past generation).
+        """
+        job = self.store.withdraw(task_uuid)
+        if job is not None:
+            self._finish_error(job, _cancelled(job, 0))
+            return True
+        try:
+            running = self.store.get(task_uuid).status == "processing"
+        except EdgecapError:  # unknown or expired
+            return False
+        if running:
+            self._worker.cancel(task_uuid)
+        return running
+
+    def engine_info(self) -> EngineInfo | None:
+        """What the engine process runs on (backend), once it has loaded a model."""
+        return self._worker.info
+
+    def running(self) -> int:
+        """Tasks being captioned now (0 or 1 with one engine process)."""
+        return self.store.count("processing")
+
     def queue_depth(self) -> int:
         """Tasks waiting for the worker (not counting the ones it is running)."""
         return self.store.count("queued")
@@ -291,6 +324,9 @@ class TaskService:
         except EdgecapError as exc:
             self._finish_error(job, exc)
             return
+        if result.finish_reason == "cancelled":
+            self._finish_error(job, _cancelled(job, result.generated_tokens))
+            return
         self._metrics.record(result, claimed.queued_seconds, time.perf_counter() - started)
         self._finish_success(job, result)
 
@@ -301,13 +337,12 @@ class TaskService:
             include_cost=job.include_cost,
             cost_per_second=self.settings.cost_per_second,
         )
-        self._finish(job, success_envelope(item), result=item, error=None, text=result.text)
-        self._listeners.finished(job.task_uuid, result)
+        response = success_envelope(item)
+        self._finish(job, response, result=item, error=None, text=result.text, outcome=result)
 
     def _finish_error(self, job: CaptionJob, exc: EdgecapError) -> None:
         error = error_object(exc, task_type=RESULT_TASK_TYPE, task_uuid=_client_uuid(job))
-        self._finish(job, error_envelope(error), result=None, error=error, text=None)
-        self._listeners.finished(job.task_uuid, exc)
+        self._finish(job, error_envelope(error), result=None, error=error, text=None, outcome=exc)
 
     def _finish(
         self,
@@ -317,6 +352,7 @@ class TaskService:
         result: dict[str, Any] | None,
         error: dict[str, Any] | None,
         text: str | None,
+        outcome: CaptionResult | EdgecapError,
     ) -> None:
         self.store.finish(
             job.task_uuid,
@@ -328,6 +364,7 @@ class TaskService:
         )
         self._deliverer.wake()
         self._waiters.notify(job.task_uuid)
+        self._listeners.finished(job.task_uuid, outcome)  # after the record is final
 
     def _purge_if_due(self) -> None:
         now = time.monotonic()
@@ -346,6 +383,15 @@ def _client_uuid(job: CaptionJob) -> str:
     multi-image task are stored under UUIDs derived from it, which the client never saw."""
     sent = job.original_task.get("taskUUID")
     return sent if isinstance(sent, str) and sent else job.task_uuid
+
+
+def _cancelled(job: CaptionJob, generated: int) -> TaskCancelled:
+    return TaskCancelled(
+        f"The task {_client_uuid(job)} was cancelled by its client after {generated} generated "
+        "token(s). Send it again under a new taskUUID to caption the image.",
+        parameter="taskUUID",
+        generatedTokens=generated,
+    )
 
 
 def _gave_up(attempts: int, crash: WorkerCrashed) -> InferenceError:
