@@ -1,13 +1,14 @@
 # edgecap — two commands do everything on a fresh machine:
 #   make demo   create .venv, install, caption a sample image (tiny random model if no real one)
 #   make test   install test dependencies, lint, type-check, run the whole suite
+#   make wheelhouse  an offline install bundle in dist/ (TUNED=1: add a CPU-tuned llama.cpp)
 # While working: make test-fast (the unit tier: no real model, no servers in subprocesses).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: demo test test-fast lint typecheck pytest bench bench-caption bench-rest clean
+.PHONY: demo test test-fast lint typecheck pytest bench bench-caption bench-rest wheelhouse clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +62,10 @@ bench-caption: $(VENV)/.runtime
 
 bench-rest: $(VENV)/.runtime
 	$(PY) -m tools.bench --scenario rest-overhead
+
+# The portable llama.cpp wheel is compiled once and cached ($$XDG_CACHE_HOME/edgecap/wheels).
+wheelhouse: | $(PY)
+	$(PY) tools/wheelhouse.py --out dist/wheelhouse $(if $(TUNED),--tuned)
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

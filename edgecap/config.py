@@ -1,18 +1,32 @@
-"""All defaults in one place, with one precedence rule: flag > ``EDGECAP_*`` environment > default.
+"""All defaults in one place, with one precedence rule:
+flag > ``EDGECAP_*`` environment > configuration file > default.
 
-Only :func:`load_settings` reads the process environment. Everything else receives a
-:class:`Settings` object as an argument.
+The configuration file is TOML (``--config FILE`` or ``EDGECAP_CONFIG``; docs/configuration.md),
+read through pydantic-settings' TOML source. An empty environment variable counts as unset.
+Only this module reads the process environment (:func:`load_settings`,
+:func:`explain_settings`). Everything else receives a :class:`Settings` object as an argument.
 """
 
 from __future__ import annotations
 
+import os
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import platformdirs
-from pydantic import BeforeValidator, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BeforeValidator, Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
+from edgecap.config_file import describe_line, read_config
+from edgecap.errors import InvalidParameter
 from edgecap.logs import LogFormat, LogLevel
 from edgecap.records import Sampling
 
@@ -51,7 +65,9 @@ def default_home() -> Path:
 class Settings(BaseSettings):
     """Runtime settings. Construct with keyword overrides (from CLI flags) or via load_settings."""
 
-    model_config = SettingsConfigDict(env_prefix="EDGECAP_", extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="EDGECAP_", extra="forbid", frozen=True, env_ignore_empty=True
+    )
 
     home: Path = Field(default_factory=default_home, description="Model store, caches, task DB")
     offline: bool = Field(False, description="Refuse every outbound network access")
@@ -101,6 +117,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     api_keys: list[str] = Field(default_factory=list, repr=False)
+    api_key_file: Path | None = Field(None, description="More API keys, one per line")
     queue_size: int = Field(64, ge=1)
     sync_timeout_s: float = Field(120.0, gt=0)
     max_body_bytes: int = Field(48 * 1024 * 1024, gt=0)
@@ -109,9 +126,36 @@ class Settings(BaseSettings):
     cost_per_second: float = Field(0.0002, ge=0, description="USD per compute second")
     webhook_retries: int = Field(5, ge=0, le=20)
 
+    # The web page at GET / (docs/web.md)
+    kiosk: bool = Field(False, description="Serve the single-purpose, full-screen kiosk page")
+    kiosk_prompt: str = Field(
+        "Describe this picture in one or two sentences.",
+        min_length=1,
+        max_length=2000,
+        description="The one prompt the kiosk page uses",
+    )
+    kiosk_idle_s: float = Field(
+        60.0, ge=1, le=24 * 3600, description="Idle seconds before the kiosk clears its screen"
+    )
+
     # Logging (the server and its engine process; see edgecap.logs)
     log_level: Annotated[LogLevel, BeforeValidator(_upper)] = "INFO"
     log_format: LogFormat = Field("text", description="text, or json: one JSON object a line")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Keyword arguments (flags), then the environment, then the configuration file."""
+        path = _CONFIG_FILE.get()
+        if path is None:
+            return (init_settings, env_settings)
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, path))
 
     def sampling_for(self, **asked: Any) -> Sampling:
         """The sampler settings of a request: what it asked (None: not asked), the defaults of
@@ -142,6 +186,78 @@ def default_of(name: str) -> Any:
     return info.get_default(call_default_factory=True)
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Settings from EDGECAP_* environment, with non-None ``overrides`` (CLI flags) on top."""
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+# The configuration file of the Settings being built (a context variable, so that Settings
+# stays a plain picklable class; set only inside load_settings).
+_CONFIG_FILE: ContextVar[Path | None] = ContextVar("edgecap_config_file", default=None)
+SECRET_FIELDS = frozenset({"api_keys"})
+CONFIG_ENV = "EDGECAP_CONFIG"
+
+
+def config_path(config: Path | None = None) -> Path | None:
+    """The configuration file: ``config`` (the --config flag), else $EDGECAP_CONFIG if set."""
+    return config or (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None)
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from non-None ``overrides`` (CLI flags), the EDGECAP_* environment, and the
+    configuration file (``config``, else $EDGECAP_CONFIG), in that order of precedence.
+
+    Raises InvalidParameter for an unreadable file, an unknown key (with its line), or a bad
+    value (saying where it was set).
+    """
+    path = config_path(config)
+    if path is not None:
+        read_config(path, Settings.model_fields)
+    flags = {k: v for k, v in overrides.items() if v is not None}
+    token = _CONFIG_FILE.set(path)
+    try:
+        return Settings(**flags)
+    except ValidationError as exc:
+        raise _bad_value(exc, explain_origins(path, flags)) from None
+    finally:
+        _CONFIG_FILE.reset(token)
+
+
+@dataclass(frozen=True)
+class Explained:
+    """One setting's effective value and where it came from."""
+
+    name: str
+    value: Any  # secrets masked
+    origin: str  # "flag", "env EDGECAP_PORT", "edgecap.toml line 3" or "default"
+
+
+def explain_settings(config: Path | None = None, **overrides: Any) -> list[Explained]:
+    """Every setting, its effective value (secrets masked) and its origin."""
+    settings = load_settings(config, **overrides)
+    flags = {k: v for k, v in overrides.items() if v is not None}
+    origins = explain_origins(config_path(config), flags)
+    out = []
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if name in SECRET_FIELDS and value:
+            value = ["****"] * len(value)
+        out.append(Explained(name, value, origins.get(name, "default")))
+    return out
+
+
+def explain_origins(path: Path | None, flags: dict[str, Any]) -> dict[str, str]:
+    """Where each explicitly set field comes from, by the precedence rule."""
+    origins: dict[str, str] = {}
+    if path is not None:
+        for name in TomlConfigSettingsSource(Settings, path)():
+            origins[name] = describe_line(path, name)
+    for name in EnvSettingsSource(Settings)():
+        origins[name] = f"env EDGECAP_{name.upper()}"
+    for name in flags:
+        origins[name] = "flag"
+    return origins
+
+
+def _bad_value(exc: ValidationError, origins: dict[str, str]) -> InvalidParameter:
+    error = exc.errors()[0]
+    name = ".".join(str(part) for part in error["loc"]) or "settings"
+    field = str(error["loc"][0]) if error["loc"] else ""
+    where = origins.get(field, "default")
+    got = "" if field in SECRET_FIELDS else f"; got {error.get('input')!r}"
+    return InvalidParameter(f"setting {name} (from {where}): {error['msg']}{got}.", parameter=name)

@@ -34,6 +34,7 @@ CODES: dict[str, int] = {
     "taskNotFound": 404,
     "taskExpired": 404,
     "mediaNotFound": 404,
+    "taskCancelled": 409,
     "rateLimitExceeded": 429,
     "inferenceError": 500,
     "uploadFailed": 502,
@@ -163,6 +164,12 @@ class TaskExpired(NotFound):
     """A task whose result was kept for its ttl and then deleted."""
 
     code = "taskExpired"
+
+
+class TaskCancelled(EdgecapError):
+    """The client that started a task stopped it (e.g. the web page's Stop button)."""
+
+    code = "taskCancelled"
 
 
 class AuthError(EdgecapError):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import logging.config
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -49,19 +50,30 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False, default=str)
 
 
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record is emitted, not the stream it was at
+    configuration time (a replaced stderr — a test's capture, a redirect — is then never a
+    closed file)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # StreamHandler.__init__ assigns it
+        pass
+
+
 def logging_config(level: LogLevel, log_format: LogFormat) -> dict[str, Any]:
     """The dictConfig for ``level`` and ``log_format``."""
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"text": {"format": TEXT_FORMAT}, "json": {"()": JsonFormatter}},
-        "handlers": {
-            "stderr": {
-                "class": "logging.StreamHandler",
-                "stream": "ext://sys.stderr",
-                "formatter": log_format,
-            }
-        },
+        "handlers": {"stderr": {"()": StderrHandler, "formatter": log_format}},
         "root": {"level": "WARNING", "handlers": ["stderr"]},
         "loggers": {name: {"level": level} for name in OUR_LOGGERS},
     }

@@ -48,6 +48,16 @@ class Sampling:
     repeat_penalty: float = 1.05
     seed: int = 0
     max_tokens: int = 256
+    stop: tuple[str, ...] = ()  # generation ends before the first of these strings
+
+
+@dataclass(frozen=True)
+class ChatTurn:
+    """One earlier message of a conversation; ``image`` marks the turn the image belongs to."""
+
+    role: Literal["system", "user", "assistant"]
+    text: str
+    image: bool = False
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,9 @@ class CaptionRequest:
     sampling: Sampling = field(default_factory=Sampling)
     # A JSON schema to constrain the output to, or {} for "any JSON object"; None = free text.
     json_schema: dict[str, Any] | None = None
+    # Earlier turns of a conversation, rendered before ``prompt`` (the last user message). The
+    # image goes with the turn marked ``image=True``, or with ``prompt`` when none is.
+    history: tuple[ChatTurn, ...] = ()
 
 
 @dataclass(frozen=True)

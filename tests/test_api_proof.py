@@ -57,7 +57,15 @@ def poll(server: LiveServer, task_uuid: str) -> httpx.Response:
 
 @pytest.fixture(scope="module")
 def proof_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    return api_settings(tmp_path_factory.mktemp("home"), api_keys=[KEY], n_threads=2)
+    # Runware 0.5 sends no maxTokens and waits synchronously: a small default keeps its caption
+    # short, and a long sync timeout lets it finish on a loaded machine.
+    return api_settings(
+        tmp_path_factory.mktemp("home"),
+        api_keys=[KEY],
+        n_threads=2,
+        max_tokens=MAX_TOKENS,
+        sync_timeout_s=240.0,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +137,7 @@ def test_official_clients_caption_on_the_tiny_model(server: LiveServer, tmp_path
 # ---------------------------------------------------------------------------- 3: async
 
 
+@pytest.mark.timeout(600)  # 98-203 s measured under load (docs/testing.md)
 def test_async_polling_webhook_upload_and_resends(server: LiveServer) -> None:
     hook, sink = Receiver([500]), Receiver([])
     try:
@@ -206,6 +215,7 @@ def start_serving(home: Path, port: int) -> subprocess.Popen[bytes]:
     return process
 
 
+@pytest.mark.timeout(600)  # two server starts and a restart, each with its own deadline
 def test_sigkill_with_tasks_queued_then_restart_finishes_them(
     tmp_path: Path, tiny_model_files: ModelFiles
 ) -> None:

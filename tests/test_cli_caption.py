@@ -17,19 +17,14 @@ import pytest
 
 from edgecap.cli import caption as caption_cmd
 from edgecap.cli import main
-from edgecap.config import DEFAULT_PROMPT, Settings, load_settings
+from edgecap.config import DEFAULT_PROMPT, Settings
 from edgecap.records import ModelFiles, Sampling
-from edgecap.registry import Registry
+from tests.support.cli import NOTICE, caption_lines, run
 from tests.support.engines import FakeEngine
 from tests.support.env import child_env
 from tests.support.images import write_png
-from tests.support.models import register
+from tests.support.models import install_tiny, register
 from tests.support.waiting import wait_until
-
-NOTICE = (
-    "using the demo model edgecap-tiny-random: its weights are random, captions are noise; "
-    "get the real model with: edgecap models pull qwen2.5-vl-7b-instruct\n"
-)
 
 
 @pytest.fixture
@@ -56,13 +51,6 @@ def folder(tmp_path: Path) -> Path:
     write_png(tmp_path / "photos" / "b.png", (84, 56))
     write_png(tmp_path / "photos" / "sub" / "c.png", (56, 84))
     return tmp_path / "photos"
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(["caption", *argv])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return code, out, err
 
 
 @pytest.mark.usefixtures("mine")
@@ -316,13 +304,6 @@ if __name__ == "__main__" and sys.argv[1:] == ["--update-docs"]:
 # ---------------------------------------------------------------------------- the real tiny model
 
 
-def install_tiny(model: ModelFiles) -> None:
-    """Register the session's tiny GGUF files as the demo model of this test's home."""
-    Registry(load_settings()).register_local(
-        "edgecap-tiny-random", model.text, model.mmproj, random_weights=True
-    )
-
-
 def test_real_one_image_text_json_and_cost(
     tiny_model_files: ModelFiles, folder: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -430,14 +411,6 @@ def five(tmp_path: Path) -> Path:
     for i, name in enumerate("abcde"):
         write_png(tmp_path / "five" / f"{name}.png", (56 + 28 * i, 56), ("red", "blue")[i % 2])
     return tmp_path / "five"
-
-
-def caption_lines(path: Path) -> dict[str, str]:
-    """image -> caption of every line in a JSONL output; each image must appear once."""
-    records = [json.loads(line) for line in path.read_text().splitlines()]
-    images = [r["image"] for r in records]
-    assert len(images) == len(set(images)), f"an image is captioned twice in {path}"
-    return {r["image"]: r["text"] for r in records}
 
 
 def summary_of(err: str) -> list[str]:

@@ -152,6 +152,28 @@ def test_smoke_model_uses_the_named_model(
     assert [e.model_id for e in engines] == ["mine"]
 
 
+@pytest.mark.usefixtures("engines")
+def test_doctor_says_a_local_conversion_stands_in_for_the_catalog_model(
+    edgecap_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = edgecap_home / "registered"
+    files.mkdir()
+    (files / "t.gguf").write_bytes(b"text")
+    (files / "m.gguf").write_bytes(b"mmproj")
+    text, mmproj = str(files / "t.gguf"), str(files / "m.gguf")
+    code = main(["models", "register", "my-qwen", "--text", text, "--mmproj", mmproj,
+                 "--as", "qwen2.5-vl-7b-instruct"])  # fmt: skip
+    assert code == 0
+    capsys.readouterr()
+    code, lines, _ = run(capsys, "--json")
+    models = next(c for c in json.loads("\n".join(lines))["checks"] if c["name"] == "models")
+    assert models["detail"] == (
+        "1 installed; default my-qwen (files verified); qwen2.5-vl-7b-instruct is served by "
+        "my-qwen, a local conversion standing in for the published files"
+    )
+    assert models["stand_ins"] == {"my-qwen": "qwen2.5-vl-7b-instruct"}
+
+
 def test_the_projector_advice_compares_the_installed_file(
     tiny_model_files: ModelFiles, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from edgecap.cli import main
-from tests.support.models import MMPROJ, TEXT_Q4, flip_one_byte, serve_mirror, sha256, write
+from tests.support.models import (
+    MMPROJ,
+    TEXT_Q4,
+    TEXT_Q8,
+    flip_one_byte,
+    serve_mirror,
+    sha256,
+    write,
+)
 
 QWEN_7B = "qwen2.5-vl-7b-instruct"
 
@@ -188,3 +196,46 @@ def test_pull_from_a_mirror(capsys: pytest.CaptureFixture[str]) -> None:
     assert out.splitlines()[1].split()[:7] == [
         QWEN_7B, "*", "pulled", "(q4_k_m)", "34.4", "kB", "hub"
     ]  # fmt: skip
+
+
+def test_register_as_a_catalog_model_then_pull_the_published_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text, mmproj = write(tmp_path / "t.gguf", TEXT_Q8), write(tmp_path / "m.gguf", MMPROJ)
+    argv = ["register", "my-qwen", "--text", str(text), "--mmproj", str(mmproj)]
+    code, out, _ = run(capsys, *argv, "--as", "runware:152@2")
+    assert code == 0
+    assert out.splitlines()[0] == "registered my-qwen: 34.4 kB"
+    assert out.splitlines()[3].startswith("  licence: Apache-2.0 <https://huggingface.co/Qwen/")
+    assert out.splitlines()[-1] == (
+        f"  stands in for {QWEN_7B}: requests naming it or its aliases are served by my-qwen "
+        "(a local conversion, not the published files) until those are pulled or imported"
+    )
+    code, out, _ = run(capsys, "list")
+    lines = out.splitlines()
+    assert lines[1].split()[:6] == [QWEN_7B, "no,", "served", "by", "my-qwen", "-"]
+    row = next(line for line in lines if line.startswith("my-qwen"))
+    assert row.split()[:6] == ["my-qwen", "*", "local,", "standing", "in", "for"]
+    assert f"standing in for {QWEN_7B}" in row
+    assert any(line.startswith("standing in for = a local conversion") for line in lines)
+    code, _, err = run(capsys, *argv[:1], "other", *argv[2:], "--as", QWEN_7B)
+    assert code == 2
+    assert err == (
+        f"edgecap: error: my-qwen already stands in for {QWEN_7B}: remove it first with "
+        "`edgecap models rm my-qwen --yes`\n"
+    )
+    repo = "ggml-org/Qwen2.5-VL-7B-Instruct-GGUF"
+    files = {
+        f"{repo}/Qwen2.5-VL-7B-Instruct-Q4_K_M.gguf": TEXT_Q4,
+        f"{repo}/mmproj-Qwen2.5-VL-7B-Instruct-f16.gguf": MMPROJ,
+    }
+    with serve_mirror(files) as mirror:
+        code, out, _ = run(capsys, "pull", QWEN_7B, "--endpoint", mirror.url)
+    assert code == 0
+    assert out.splitlines()[-1] == (
+        f"  replaced the stand-in my-qwen: requests for {QWEN_7B} (and its aliases) are now "
+        "served by the published files; my-qwen stays installed under its own name"
+    )
+    code, out, _ = run(capsys, "list")
+    assert out.splitlines()[1].split()[:3] == [QWEN_7B, "*", "pulled"]
+    assert "standing in" not in out

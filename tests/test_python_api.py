@@ -5,7 +5,6 @@ options, the errors and the streaming contract."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -17,24 +16,16 @@ import pytest
 from PIL import Image
 
 import edgecap
-from edgecap.config import load_settings
 from edgecap.errors import InvalidInputImage, InvalidParameter, ModelNotReady
 from edgecap.records import ModelFiles
-from edgecap.registry import Registry
+from tests.support.env import child_env
+from tests.support.models import install_tiny
 
-REPO = Path(__file__).resolve().parent.parent
 RUN_TIMEOUT_S = 300  # a guard against a hung child, not a timing
 NOTICE = (
     "RandomWeightsWarning: using the demo model edgecap-tiny-random: its weights are random, "
     "captions are noise; get the real model with: edgecap models pull qwen2.5-vl-7b-instruct"
 )
-
-
-def install_tiny(model: ModelFiles) -> None:
-    """Register the session's tiny GGUF files as the demo model of this test's EDGECAP_HOME."""
-    Registry(load_settings()).register_local(
-        "edgecap-tiny-random", model.text, model.mmproj, random_weights=True
-    )
 
 
 @pytest.fixture
@@ -48,13 +39,11 @@ def photo(tmp_path: Path) -> Path:
 
 
 def run_python(code: str, cwd: Path, home: Path) -> subprocess.CompletedProcess[str]:
-    """``python -c code`` in a fresh interpreter: this checkout's edgecap, no stray EDGECAP_*."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGECAP_")}
-    env.update(EDGECAP_HOME=str(home), PYTHONPATH=str(REPO))
+    """``python -c code`` in a fresh interpreter: this checkout's edgecap, ``home`` its home."""
     return subprocess.run(
         [sys.executable, "-c", code],
         cwd=cwd,
-        env=env,
+        env=child_env(EDGECAP_HOME=str(home)),
         capture_output=True,
         text=True,
         timeout=RUN_TIMEOUT_S,
@@ -65,6 +54,8 @@ def run_python(code: str, cwd: Path, home: Path) -> subprocess.CompletedProcess[
 # -- as a user runs it ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)  # longer than its child's own RUN_TIMEOUT_S
 def test_the_one_liner_captions_with_the_default_model(
     tiny_model_files: ModelFiles, photo: Path, edgecap_home: Path
 ) -> None:
@@ -76,6 +67,7 @@ def test_the_one_liner_captions_with_the_default_model(
     assert NOTICE in run.stderr and "Traceback" not in run.stderr
 
 
+@pytest.mark.slow
 def test_a_script_captions_streams_and_reuses_one_model(
     tiny_model_files: ModelFiles, photo: Path, edgecap_home: Path
 ) -> None:

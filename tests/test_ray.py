@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,26 +19,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_batch import write_png
-from test_cli_caption import NOTICE, caption_lines, install_tiny, run
 
 from edgecap.batch.model_check import describe_model, model_on_this_node
 from edgecap.config import load_settings
 from edgecap.errors import ModelNotReady
 from edgecap.records import ModelFiles
 from edgecap.registry import Registry
+from tests.support.cli import NOTICE, caption_lines, run
+from tests.support.env import child_env
+from tests.support.http import free_port
+from tests.support.images import write_png
+from tests.support.models import install_tiny
 
-REPO = Path(__file__).resolve().parent.parent
 RAY = Path(sys.executable).parent / "ray"
 OBJECT_STORE = str(200 * 1024 * 1024)
 MARKER = "EDGECAP_TEST_RAY_CLUSTER"  # in the environment of every process of the cluster
 DEADLINE = 240.0  # seconds: a guard against hanging, not a measurement
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_node(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -104,7 +99,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     logs = tmp_path_factory.mktemp("ray-logs")
     temp_dir = Path(f"/tmp/rt{os.getpid()}")  # short: Ray's socket paths must fit
     marker = uuid.uuid4().hex
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0", MARKER: marker}
+    env = child_env(RAY_USAGE_STATS_ENABLED="0", **{MARKER: marker})
     env["EDGECAP_HOME"] = str(tmp_path_factory.mktemp("cluster-home"))
     port = free_port()
     address = f"127.0.0.1:{port}"
@@ -147,7 +142,7 @@ def dozen(tmp_path: Path) -> Path:
 
 
 def edgecap(*argv: str, timeout: float = DEADLINE) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}
+    env = child_env(RAY_USAGE_STATS_ENABLED="0")
     return subprocess.run(
         [sys.executable, "-m", "edgecap", "caption", *argv],
         env=env,
@@ -226,7 +221,7 @@ def test_an_engine_actor_killed_mid_run_loses_and_duplicates_nothing(
     for i in range(11, 24):
         write_png(dozen / f"p{i:02}.png", (56 + 28 * (i % 5), 84))
     out = tmp_path / "ray.jsonl"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}
+    env = child_env(RAY_USAGE_STATS_ENABLED="0")
     argv = [str(dozen), "--max-tokens", "64", "--out", str(out), "--ray", cluster]
     with (tmp_path / "stderr.txt").open("w+") as stderr:
         driver = subprocess.Popen(
@@ -246,7 +241,7 @@ def test_an_engine_actor_killed_mid_run_loses_and_duplicates_nothing(
         finally:
             if driver.poll() is None:
                 driver.kill()
-                driver.wait()
+                driver.wait(30)
         stderr.seek(0)
         assert summary_lines(stderr.read())[-1] == (
             "24 captioned, 0 failed, 0 already in the output, 0 skipped"
@@ -284,3 +279,21 @@ def test_a_node_finds_the_model_by_digest_or_says_how_to_put_it_there(
     )  # another build of the same name: refused
     with pytest.raises(ModelNotReady):
         model_on_this_node(other)
+
+
+def test_when_no_node_has_the_model_the_run_says_how_to_put_it_there(
+    tiny_model_files: ModelFiles, cluster: str, dozen: Path, tmp_path: Path
+) -> None:
+    install_tiny(tiny_model_files)
+    record = Registry(load_settings()).store.model_dir("edgecap-tiny-random") / "manifest.json"
+    data = json.loads(record.read_text())
+    data["text"]["sha256"] = "0" * 64  # the driver's model is not what any node holds
+    record.write_text(json.dumps(data))
+    out = tmp_path / "ray.jsonl"
+    done = edgecap(str(dozen), "--max-tokens", "4", "--out", str(out), "--ray", cluster)
+    assert done.returncode == 2, done.stderr
+    last = summary_lines(done.stderr)[-1]
+    assert last.startswith("edgecap: error: The Ray run stopped: node "), done.stderr
+    assert "does not have the model edgecap-tiny-random" in last
+    assert "`edgecap models import DIR` there." in last
+    assert not out.exists() or out.read_text() == ""

@@ -471,6 +471,73 @@ def test_pull_of_a_missing_file_or_a_local_model_fails_clearly(
         Registry(settings_for(tmp_path / "home")).pull(TINY, progress=False)
 
 
+# -- a local conversion standing in for a catalog model (register --as) -----------------------
+
+
+def test_a_stand_in_answers_for_the_catalog_id_and_its_aliases(tmp_path: Path) -> None:
+    registry = Registry(settings_for(tmp_path / "home"))
+    text, mmproj = write(tmp_path / "t.gguf", TEXT_Q4), write(tmp_path / "m.gguf", MMPROJ)
+    with pytest.raises(ModelNotReady):
+        registry.resolve("runware:152@2")
+    record = registry.register_local("my-qwen", text, mmproj, stands_in_for="runware:152@2")
+    assert (record.id, record.stands_in_for, record.licence.name) == (
+        "my-qwen", QWEN_7B, "Apache-2.0"
+    )  # fmt: skip
+    for name in (QWEN_7B, "runware:152@2", "alibaba-qwen2-5-vl-7b-instruct", "my-qwen", None):
+        assert registry.resolve(name).id == "my-qwen", name
+    statuses = {s.id: s for s in registry.list()}
+    assert (statuses[QWEN_7B].installed, statuses[QWEN_7B].served_by) == (False, "my-qwen")
+    assert statuses["my-qwen"].stands_in_for == QWEN_7B
+    assert statuses["my-qwen"].is_default  # it stands in for the catalog's default
+    # The 3B is not stood in for.
+    with pytest.raises(ModelNotReady):
+        registry.resolve(QWEN_3B)
+
+
+def test_stand_ins_are_refused_when_they_could_not_answer(tmp_path: Path) -> None:
+    registry = Registry(settings_for(tmp_path / "home"))
+    text, mmproj = write(tmp_path / "t.gguf", TEXT_Q4), write(tmp_path / "m.gguf", MMPROJ)
+    with pytest.raises(UnknownModel, match=r"--as 'gpt-4o' is not a catalog model; choose"):
+        registry.register_local("mine", text, mmproj, stands_in_for="gpt-4o")
+    with pytest.raises(InvalidParameter, match=r"'runware:152@2' is a catalog name"):
+        registry.register_local("runware:152@2", text, mmproj, stands_in_for=QWEN_7B)
+    registry.register_local("first", text, mmproj, stands_in_for=QWEN_7B)
+    with pytest.raises(InvalidParameter, match=r"first already stands in for .*models rm first"):
+        registry.register_local("second", text, mmproj, stands_in_for=QWEN_7B)
+    assert registry.store.load("second") is None
+    # Registering the same stand-in again (new files) is allowed.
+    registry.register_local("first", text, mmproj, stands_in_for=QWEN_7B)
+    with pytest.raises(ModelNotReady, match=r"answered by the stand-in first"):
+        registry.remove(QWEN_7B)
+
+
+def test_a_published_pull_takes_precedence_and_retires_the_stand_in(
+    tmp_path: Path, mirror: HubMirror
+) -> None:
+    registry = Registry(settings_for(tmp_path / "home"), catalog=fake_catalog())
+    text, mmproj = write(tmp_path / "t.gguf", TEXT_Q8), write(tmp_path / "m.gguf", MMPROJ)
+    registry.register_local("mine", text, mmproj, stands_in_for="fake-vl")
+    assert registry.resolve("runware:999@1").id == "mine"
+    registry.pull("fake-vl", endpoint=mirror.url, progress=False)
+    assert registry.resolve("runware:999@1").id == "fake-vl"
+    assert registry.resolve("runware:999@1").text.read_bytes() == TEXT_Q4
+    mine = registry.store.load("mine")
+    assert mine is not None and mine.stands_in_for is None  # retired, still installed
+    assert registry.resolve("mine").text == text.resolve()
+    with pytest.raises(InvalidParameter, match=r"published files of fake-vl are installed"):
+        registry.register_local("again", text, mmproj, stands_in_for="fake-vl")
+
+
+def test_a_published_import_takes_precedence_over_a_stand_in(tmp_path: Path) -> None:
+    registry = Registry(settings_for(tmp_path / "home"))
+    text, mmproj = write(tmp_path / "t.gguf", TEXT_Q8), write(tmp_path / "m.gguf", MMPROJ)
+    registry.register_local("mine", text, mmproj, stands_in_for=QWEN_7B)
+    pack = make_pack(tmp_path / "pack", QWEN_7B, {"q.gguf": TEXT_Q4, "p.gguf": MMPROJ})
+    assert registry.import_pack(pack, progress=False).id == QWEN_7B
+    assert registry.resolve("runware:152@2").text.read_bytes() == TEXT_Q4
+    assert registry.store.load("mine").stands_in_for is None  # type: ignore[union-attr]
+
+
 # -- the projector that suits this CPU ------------------------------------------------------------
 
 

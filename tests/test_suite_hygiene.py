@@ -23,7 +23,7 @@ STRAY = {
     "EDGECAP_HOME": "/nonexistent/edgecap-home",
     "EDGECAP_DEFAULT_PROMPT": "a stray prompt",
 }
-PYTEST_TIMEOUT_S = 300
+PYTEST_TIMEOUT_S = 240  # below the suite's per-test timeout, so this message wins
 
 
 def test_a_test_sees_only_its_own_home(edgecap_home: Path) -> None:

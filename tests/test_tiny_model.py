@@ -368,6 +368,7 @@ def test_refuses_a_non_empty_directory_unless_forced(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging directory left
 
 
+@pytest.mark.slow  # builds a whole checkpoint
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     outdir = tmp_path / "cli"
     assert main([str(outdir), "--seed", "3", "--shard-size", "40MB"]) == 0

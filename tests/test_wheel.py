@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.support.env import REPO
+
 # Guards against a hung child, not timings. Installing the dependencies downloads them (or
 # takes them from pip's cache); llama-cpp-python is never compiled here (see below).
 INSTALL_TIMEOUT_S = 1200

@@ -42,6 +42,9 @@ RAY_MISSING = "--ray needs Ray, an optional extra: pip install 'edgecap[ray]'"
 READ_CPUS = 0.25  # a read task decodes and resizes one image: light next to an engine
 RESTARTS = 4  # an engine actor that dies is restarted this often ...
 TASK_RETRIES = 4  # ... and the images it held retried this often
+# Engines that fail to start (no model on their node) are replaced; this many starts failing in
+# a row, per engine, stop the run.
+INIT_DEATHS_PER_ENGINE = 2
 
 
 @dataclass(frozen=True)
@@ -111,11 +114,16 @@ def caption_on_ray(
                 urls = any(image.path is None for image in todo)
                 done = ledger.done_keys if urls else frozenset()
                 spec = _Job(settings, options, job, model, threads=cpus, done_keys=done)
-                for row in _pipeline(ray, todo, spec, engines, cpus).iter_rows():
-                    outcome = _outcome(pickle.loads(row["out"]), todo, spec, run)
-                    if isinstance(outcome, Captioned):
-                        ledger.store(outcome, image_key(job, outcome.image, outcome.sha256))
-                    report(outcome)
+                context = ray.data.DataContext.get_current()
+                context.max_consecutive_actor_init_deaths = INIT_DEATHS_PER_ENGINE * engines
+                try:
+                    for row in _pipeline(ray, todo, spec, engines, cpus).iter_rows():
+                        outcome = _outcome(pickle.loads(row["out"]), todo, spec, run)
+                        if isinstance(outcome, Captioned):
+                            ledger.store(outcome, image_key(job, outcome.image, outcome.sha256))
+                        report(outcome)
+                except ray.exceptions.RayError as exc:
+                    raise EdgecapError(f"The Ray run stopped: {_reason(exc)}") from exc
             finally:
                 ray.shutdown()
     finally:
@@ -154,6 +162,15 @@ def _triage(
     return todo
 
 
+def _reason(exc: Exception) -> str:
+    """The line of a Ray error that says what went wrong: edgecap's own message if there is one."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    ours = [line for line in lines if line.startswith("edgecap.errors.")]
+    if ours:
+        return ours[-1].split(": ", 1)[-1]
+    return lines[-1] if lines else type(exc).__name__
+
+
 def _file_key(job: str, image: ImageItem) -> str | None:
     if image.path is None:
         return None  # a URL: its content is known once a read task fetched it
@@ -182,6 +199,12 @@ def _connect(ray: Any, cluster: RayOptions) -> None:
     context.enable_progress_bars = False  # the driver shows its own, per image
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "disabled"
+    # An engine that cannot start is replaced, and logged with its traceback; the driver says
+    # the reason once, if the run stops for it.
+    logging.getLogger("ray.data._internal.execution.operators.actor_pool_map_operator").setLevel(
+        logging.ERROR
+    )
+    logging.getLogger("ray.data.exceptions").setLevel(logging.CRITICAL)  # its full stack trace
 
 
 def engine_shape(ray: Any, cluster: RayOptions) -> tuple[int, int]:

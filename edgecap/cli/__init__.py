@@ -17,7 +17,7 @@ from edgecap.errors import EdgecapError
 from edgecap.logs import LOG_LEVELS, configure_logging
 
 # Subcommand modules, in the order ``--help`` lists them.
-SUBCOMMANDS = ("caption", "serve", "models", "doctor", "demo")
+SUBCOMMANDS = ("caption", "serve", "models", "doctor", "demo", "config")
 
 
 def build_parser() -> argparse.ArgumentParser:

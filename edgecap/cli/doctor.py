@@ -255,6 +255,14 @@ def check_models(settings: Settings, *, verify: bool) -> Check:
                 "models", "fail", f"{detail}: its files fail verification", error.message, data
             )
         detail += " (files verified)"
+    stand_ins = [s for s in installed if s.stands_in_for]
+    if stand_ins:
+        data["stand_ins"] = {s.id: s.stands_in_for for s in stand_ins}
+        detail += "; " + "; ".join(
+            f"{s.stands_in_for} is served by {s.id}, a local conversion standing in for the "
+            "published files"
+            for s in stand_ins
+        )
     if default.random_weights:
         fix = f"for real captions: {get_real}"
         return Check("models", "warn", f"{detail}, whose weights are random", fix, data)

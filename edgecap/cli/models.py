@@ -67,6 +67,13 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--random-weights", action="store_true", help="mark it as a model of random weights"
     )
+    p.add_argument(
+        "--as",
+        dest="stands_in_for",
+        metavar="CATALOG_ID",
+        help="answer for this catalog model (its id and aliases, e.g. runware:152@2) until "
+        "its published files are installed",
+    )
     p.set_defaults(func=run_register)
 
 
@@ -93,6 +100,11 @@ def run_list(args: argparse.Namespace) -> int:
         print("  ".join([*cells, row[-1]]).rstrip())
     print()
     print("* = the default model, used when a request names none")
+    if any(s.stands_in_for for s in statuses):
+        print(
+            "standing in for = a local conversion answering for that catalog model (its id and "
+            "aliases), not its published files; pulling or importing those replaces it"
+        )
     print(TRUST_LEGEND)
     return 0
 
@@ -100,10 +112,12 @@ def run_list(args: argparse.Namespace) -> int:
 def _row(s: ModelStatus) -> tuple[str, ...]:
     if not s.installed:
         installed = "no" if s.pullable else "no (make demo)"
+        installed = f"no, served by {s.served_by}" if s.served_by else installed
         size = digests = verified = "-"
     else:
         installed = {"pull": "pulled", "import": "imported", "local": "local"}[s.source or "local"]
         installed += f" ({s.variant})" if s.variant else ""
+        installed += f", standing in for {s.stands_in_for}" if s.stands_in_for else ""
         size = format_bytes(s.size or 0)
         digests = TRUST_LABELS[s.trust or "tofu"]
         verified = s.verified_at.date().isoformat() if s.verified_at else "never"
@@ -112,24 +126,55 @@ def _row(s: ModelStatus) -> tuple[str, ...]:
 
 
 def run_pull(args: argparse.Namespace) -> int:
-    record = _registry().pull(
+    registry = _registry()
+    stand_ins = _stand_ins(registry)
+    record = registry.pull(
         args.name, variant=args.variant, endpoint=args.endpoint, progress=_progress()
     )
     _print_installed("installed", record)
+    _print_replaced(stand_ins.get(record.id), record)
     return 0
 
 
 def run_import(args: argparse.Namespace) -> int:
-    record = _registry().import_pack(args.path, progress=_progress())
+    registry = _registry()
+    stand_ins = _stand_ins(registry)
+    record = registry.import_pack(args.path, progress=_progress())
     _print_installed(f"imported from {args.path}:", record)
+    _print_replaced(stand_ins.get(record.id), record)
     return 0
+
+
+def _stand_ins(registry: Registry) -> dict[str, InstalledModel]:
+    """The installed stand-ins, by the catalog id each answers for."""
+    return {r.stands_in_for: r for r in registry.store.all() if r.stands_in_for}
+
+
+def _print_replaced(stand_in: InstalledModel | None, record: InstalledModel) -> None:
+    if stand_in is not None:
+        print(
+            f"  replaced the stand-in {stand_in.id}: requests for {record.id} (and its "
+            f"aliases) are now served by the published files; {stand_in.id} stays "
+            "installed under its own name"
+        )
 
 
 def run_register(args: argparse.Namespace) -> int:
     record = _registry().register_local(
-        args.name, args.text, args.mmproj, args.random_weights, progress=_progress()
+        args.name,
+        args.text,
+        args.mmproj,
+        args.random_weights,
+        stands_in_for=args.stands_in_for,
+        progress=_progress(),
     )
     _print_installed("registered", record)
+    if record.stands_in_for:
+        print(
+            f"  stands in for {record.stands_in_for}: requests naming it or its aliases are "
+            f"served by {record.id} (a local conversion, not the published files) until "
+            "those are pulled or imported"
+        )
     return 0
 
 

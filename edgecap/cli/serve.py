@@ -19,9 +19,17 @@ logger = logging.getLogger(__name__)
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "serve",
-        help="serve the caption API (REST and WebSocket at /v1)",
+        help="serve the caption API (REST and WebSocket at /v1) and the web page at /",
         description="Serve the Runware-compatible caption API: POST /v1, WebSocket /v1, "
-        "/docs, /healthz, /readyz, /metrics. See docs/api.md.",
+        "POST /v1/stream, /docs, /healthz, /readyz, /metrics, and the web page at /. "
+        "See docs/api.md and docs/web.md.",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="a TOML configuration file (default: $EDGECAP_CONFIG); flags and EDGECAP_* "
+        "variables override it (docs/configuration.md)",
     )
     parser.add_argument(
         "--host", help=f"address to listen on (default {default_of('host')}, EDGECAP_HOST)"
@@ -48,6 +56,22 @@ def add_parser(subparsers: Any) -> None:
         help="refuse every outbound request (image URLs, webhooks, uploads)",
     )
     parser.add_argument("--model", help="default model: registry name, alias or path")
+    parser.add_argument(
+        "--kiosk",
+        action="store_true",
+        default=None,
+        help="serve the full-screen kiosk page at / (one fixed prompt, cleared when idle)",
+    )
+    parser.add_argument(
+        "--kiosk-prompt", type=kiosk_prompt, metavar="TEXT", help="the prompt the kiosk page uses"
+    )
+    parser.add_argument(
+        "--kiosk-idle",
+        type=idle_seconds,
+        dest="kiosk_idle_s",
+        metavar="SECONDS",
+        help="clear the kiosk screen after this many idle seconds (default 60)",
+    )
     parser.add_argument(
         "--allow-unauthenticated-public-bind",
         action="store_true",
@@ -76,19 +100,42 @@ def port_number(text: str) -> int:
     return int(text)
 
 
+def kiosk_prompt(text: str) -> str:
+    """A prompt of 1 to 2000 characters."""
+    if not text.strip() or len(text) > 2000:
+        raise argparse.ArgumentTypeError("the kiosk prompt must be 1 to 2000 characters long")
+    return text
+
+
+def idle_seconds(text: str) -> float:
+    """Seconds from 1 to a day."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 1 <= value <= 24 * 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds from 1 to 86400")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
-    keys = list(args.api_keys or [])
-    if args.api_key_file is not None:
-        keys += load_key_file(args.api_key_file)
     settings = load_settings(
+        args.config,
         host=args.host,
         port=args.port,
-        api_keys=keys or None,
+        api_keys=args.api_keys,
+        api_key_file=args.api_key_file,
         offline=args.offline,
         model=args.model,
+        kiosk=args.kiosk,
+        kiosk_prompt=args.kiosk_prompt,
+        kiosk_idle_s=args.kiosk_idle_s,
         log_level=args.log_level or args.global_log_level,
         log_format=args.log_format,
     )
+    if settings.api_key_file is not None:
+        keys = [*settings.api_keys, *load_key_file(settings.api_key_file)]
+        settings = settings.model_copy(update={"api_keys": keys})
     LogSetup.of(settings).apply()
     # Refuse a bad bind and a missing model before anything starts; log a warning when the
     # weights are the demo model's random ones.

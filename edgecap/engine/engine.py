@@ -269,5 +269,8 @@ class Engine:
     def _render(self, request: CaptionRequest) -> str:
         system = self.settings.system_prompt_for(request.system_prompt)
         return self._template.render(
-            request.prompt, system_prompt=system, with_image=request.image is not None
+            request.prompt,
+            system_prompt=system,
+            with_image=request.image is not None,
+            history=request.history,
         )

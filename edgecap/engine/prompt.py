@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from edgecap.errors import ModelError
+from edgecap.records import ChatTurn
 
 # What the Qwen2.5-VL template emits for an image; mtmd wants its own marker there and adds
 # <|vision_start|>/<|vision_end|> around the image chunk itself.
@@ -30,15 +32,25 @@ class ChatTemplate:
             raise ModelError(f"The model's chat template does not compile: {exc}") from exc
         self.marker = marker
 
-    def render(self, prompt: str, *, system_prompt: str | None, with_image: bool) -> str:
-        content: list[dict[str, Any]] = []
-        if with_image:
-            content.append({"type": "image"})
-        content.append({"type": "text", "text": prompt})
+    def render(
+        self,
+        prompt: str,
+        *,
+        system_prompt: str | None,
+        with_image: bool,
+        history: Sequence[ChatTurn] = (),
+    ) -> str:
+        """The prompt for ``history`` then the user message ``prompt``, ready for generation.
+
+        With ``with_image``, the image goes with the history turn marked ``image``, else with
+        ``prompt``. A ``system_prompt`` is added only when the history starts without one.
+        """
+        image_in_history = with_image and any(turn.image for turn in history)
         messages: list[dict[str, Any]] = []
-        if system_prompt is not None:
+        if system_prompt is not None and not (history and history[0].role == "system"):
             messages.append({"role": "system", "content": system_prompt})
-        messages.append({"role": "user", "content": content})
+        messages += [_message(turn.role, turn.text, turn.image and with_image) for turn in history]
+        messages.append(_message("user", prompt, with_image and not image_in_history))
         try:
             text = self._template.render(messages=messages, add_generation_prompt=True)
         except TemplateError as exc:
@@ -51,3 +63,12 @@ class ChatTemplate:
                 )
             text = text.replace(TEMPLATE_IMAGE, self.marker, 1)
         return text
+
+
+def _message(role: str, text: str, with_image: bool) -> dict[str, Any]:
+    """A chat message; user messages carry content parts (the image first), as Qwen's do."""
+    if role != "user":
+        return {"role": role, "content": text}
+    content: list[dict[str, Any]] = [{"type": "image"}] if with_image else []
+    content.append({"type": "text", "text": text})
+    return {"role": role, "content": content}

@@ -46,6 +46,7 @@ from edgecap.engine.prefill import (
     text_tokens,
 )
 from edgecap.engine.sampling import LoopGuard, make_grammar, make_sampler
+from edgecap.engine.stops import StopScanner
 from edgecap.errors import ContextOverflow, EdgecapError, InferenceError
 from edgecap.records import CaptionRequest, CaptionResult, FinishReason, TokenPiece
 
@@ -78,6 +79,7 @@ class _Seq:
     tokens: list[int] = field(default_factory=list)
     pieces: list[str] = field(default_factory=list)
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
+    stops: StopScanner = field(default_factory=lambda: StopScanner(()))
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -148,7 +150,9 @@ class Scheduler:
             )
         timings = {"load_image": request.image.load_seconds if request.image else 0.0}
         max_tokens = min(request.sampling.max_tokens, budget)
-        self._pending.append(_Seq(key, request, prompt, max_tokens, grammar, timings))
+        seq = _Seq(key, request, prompt, max_tokens, grammar, timings)
+        seq.stops = StopScanner(request.sampling.stop)
+        self._pending.append(seq)
 
     def report(self, key: Hashable, error: EdgecapError) -> None:
         """Deliver ``error`` for ``key`` at the next step (a request :meth:`submit` refused)."""
@@ -237,7 +241,10 @@ class Scheduler:
         else:
             seq.timings.setdefault("prefill", 0.0)
             seq.timings.setdefault("generate", 0.0)
-        text = "".join(seq.pieces) + seq.decoder.decode(b"", final=True)
+        tail = seq.stops.feed(seq.decoder.decode(b"", final=True)) + seq.stops.flush()
+        if tail:
+            self._events.append((seq.key, TokenPiece(tail)))
+        text = "".join(seq.pieces) + tail
         if finish == "loop":
             cut = self._loop_guard.loop_start(seq.tokens) or len(seq.tokens)
             text = self._model.detokenize(seq.tokens[:cut]).decode("utf-8", "replace")
@@ -408,11 +415,13 @@ class Scheduler:
             self._finish(seq, "stop")
             return
         seq.tokens.append(token)
-        piece = seq.decoder.decode(self._token_bytes(token))
+        piece = seq.stops.feed(seq.decoder.decode(self._token_bytes(token)))
         seq.pieces.append(piece)
         if piece:
             self._events.append((seq.key, TokenPiece(piece)))
-        if self._loop_guard.loop_start(seq.tokens) is not None:
+        if seq.stops.stopped:
+            self._finish(seq, "stop")
+        elif self._loop_guard.loop_start(seq.tokens) is not None:
             self._finish(seq, "loop")
         elif len(seq.tokens) >= seq.max_tokens:
             self._finish(seq, "length")

@@ -251,6 +251,7 @@ def register_files(
     *,
     random_weights: bool,
     progress: bool,
+    stands_in_for: str | None = None,
 ) -> InstalledModel:
     """Record two GGUF files where they are, with their digests as of now."""
     paths: dict[Role, Path] = {
@@ -284,6 +285,7 @@ def register_files(
         installed_at=utc_now(),
         text=files["text"],
         mmproj=files["mmproj"],
+        stands_in_for=stands_in_for,
     )
     install(store, record, {})
     return record

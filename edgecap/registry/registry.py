@@ -13,7 +13,7 @@ from pathlib import Path
 from edgecap.config import Settings
 from edgecap.errors import DownloadFailed, InvalidParameter, ModelError, ModelNotReady, UnknownModel
 from edgecap.records import ModelFiles
-from edgecap.registry import install
+from edgecap.registry import install, standins
 from edgecap.registry.catalog import ROLES, Catalog, KnownModel, Role, load_catalog, normalize_name
 from edgecap.registry.digests import sha256_file
 from edgecap.registry.packs import PackManifest, read_pack, write_pack
@@ -75,6 +75,8 @@ class Registry:
     def _installed(self, name: str) -> InstalledModel:
         model_id, known = self._identify(name)
         record = self.store.load(model_id)
+        if record is None and known is not None:
+            record = standins.stand_in_for(self.store, known.id)
         if record is not None:
             return record
         if known is not None and not known.pullable:
@@ -102,8 +104,9 @@ class Registry:
         # Real weights before random ones; the catalog's default first; then catalog order;
         # then the other installed models by name.
         order = [m.id for m in self.catalog.models]
-        position = order.index(record.id) if record.id in order else len(order)
-        return (record.random_weights, record.id != self.catalog.default, position, record.id)
+        answers_for = record.stands_in_for or record.id
+        position = order.index(answers_for) if answers_for in order else len(order)
+        return (record.random_weights, answers_for != self.catalog.default, position, record.id)
 
     # -- installing --------------------------------------------------------------------------
 
@@ -134,16 +137,27 @@ class Registry:
                 f"machine run `edgecap models pull {model_id}` and `edgecap models export "
                 f"{model_id} DIR`, carry DIR over, and run `edgecap models import DIR`"
             )
-        return install.pull_model(
+        record = install.pull_model(
             self.store, known, variant=variant, endpoint=endpoint, progress=progress
         )
+        standins.retire(self.store, record.id)
+        return record
 
     def import_pack(self, path: Path, *, progress: bool = True) -> InstalledModel:
         """Install a model from a pack directory, after checking every file's size and digest."""
         pack = read_pack(path)
         known = self.catalog.find(pack.id)
         model_id = known.id if known is not None else install.local_name(pack.id)
-        return install.import_pack_dir(self.store, path, pack, model_id, known, progress=progress)
+        record = install.import_pack_dir(self.store, path, pack, model_id, known, progress=progress)
+        if known is not None:
+            standins.retire(self.store, record.id)
+        return record
+
+    def stand_in(self, name: str) -> InstalledModel | None:
+        """The local conversion standing in for the catalog model ``name`` means, if any
+        (None also when ``name`` is not a catalog model)."""
+        known = self.catalog.find(name)
+        return standins.stand_in_for(self.store, known.id) if known is not None else None
 
     def register_local(
         self,
@@ -152,12 +166,17 @@ class Registry:
         mmproj: Path,
         random_weights: bool = False,
         *,
+        stands_in_for: str | None = None,
         progress: bool = False,
     ) -> InstalledModel:
         """Record two GGUF files under a name, by path (no copy), with their digests as of now.
 
         Names of downloadable catalog models are refused; the demo model's name is allowed.
+        With ``stands_in_for`` (a catalog model's id or alias), the files answer for that
+        model too, until its published files are installed (:mod:`edgecap.registry.standins`).
         """
+        if stands_in_for is not None:
+            return self._register_stand_in(name, text, mmproj, stands_in_for, progress=progress)
         known = self.catalog.find(name)
         if known is not None and known.pullable:
             raise InvalidParameter(
@@ -175,6 +194,35 @@ class Registry:
             mmproj,
             random_weights=random_weights,
             progress=progress,
+        )
+
+    def _register_stand_in(
+        self, name: str, text: Path, mmproj: Path, target_name: str, *, progress: bool
+    ) -> InstalledModel:
+        target = self.catalog.find(target_name)
+        if target is None:
+            raise UnknownModel(
+                f"--as {target_name!r} is not a catalog model; choose one of: "
+                f"{', '.join(m.id for m in self.catalog.models)}",
+                parameter="as",
+            )
+        if self.catalog.find(name) is not None:
+            raise InvalidParameter(
+                f"{name!r} is a catalog name: give your conversion a name of its own "
+                f"(e.g. `my-{target.id}`); --as {target.id} makes it answer for {target.id}",
+                parameter="name",
+            )
+        model_id = install.local_name(name)
+        standins.check_can_stand_in(self.store, model_id, target)
+        return install.register_files(
+            self.store,
+            model_id,
+            target,
+            text,
+            mmproj,
+            random_weights=target.random_weights,
+            progress=progress,
+            stands_in_for=target.id,
         )
 
     # -- looking after installed models ------------------------------------------------------
@@ -217,7 +265,14 @@ class Registry:
         """Uninstall a model. Files registered by path are left where they are."""
         model_id, _ = self._identify(name)
         if not self.store.model_dir(model_id).is_dir():
-            raise ModelNotReady(f"{model_id} is not installed; nothing to remove")
+            stand_in = self.stand_in(model_id)
+            also = (
+                f" (it is answered by the stand-in {stand_in.id}: `edgecap models rm "
+                f"{stand_in.id}` removes that)"
+                if stand_in is not None
+                else ""
+            )
+            raise ModelNotReady(f"{model_id} is not installed; nothing to remove{also}")
         try:
             record = self.store.load(model_id)
         except ModelError:
@@ -232,8 +287,11 @@ class Registry:
         """Every known model, installed or not, then every other installed model."""
         installed = {record.id: record for record in self.store.all()}
         default_id = self._current_default_id(installed)
+        serving = {r.stands_in_for: r.id for r in installed.values() if r.stands_in_for}
         statuses = [
-            make_status(m, installed.get(m.id), is_default=m.id == default_id)
+            make_status(
+                m, installed.get(m.id), is_default=m.id == default_id, served_by=serving.get(m.id)
+            )
             for m in self.catalog.models
         ]
         statuses += [

@@ -29,6 +29,8 @@ class ModelStatus:
     trust: DigestSource | None = None  # the weakest digest source of its files
     verified_at: datetime | None = None
     random_weights: bool = False
+    stands_in_for: str | None = None  # this local conversion answers for that catalog model
+    served_by: str | None = None  # this catalog model is answered by that stand-in
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -38,9 +40,14 @@ class ModelStatus:
 
 
 def make_status(
-    known: KnownModel | None, record: InstalledModel | None, *, is_default: bool
+    known: KnownModel | None,
+    record: InstalledModel | None,
+    *,
+    is_default: bool,
+    served_by: str | None = None,
 ) -> ModelStatus:
-    """The status of a known model (``record`` None: not installed) or an installed one."""
+    """The status of a known model (``record`` None: not installed, maybe ``served_by`` a
+    stand-in) or an installed one."""
     if record is None:
         assert known is not None, "a status needs a known model or an installed one"
         return ModelStatus(
@@ -52,6 +59,7 @@ def make_status(
             is_default=is_default,
             installed=False,
             random_weights=known.random_weights,
+            served_by=served_by,
         )
     return ModelStatus(
         id=record.id,
@@ -67,6 +75,7 @@ def make_status(
         trust=record.trust,
         verified_at=record.verified_at,
         random_weights=record.random_weights,
+        stands_in_for=record.stands_in_for,
     )
 
 

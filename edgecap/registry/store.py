@@ -67,6 +67,9 @@ class InstalledModel(BaseModel):
     verified_at: datetime | None = None
     text: InstalledFile
     mmproj: InstalledFile
+    # A local conversion answering for this catalog model (its id, aliases and slug) while
+    # the published files are not installed: ``models register NAME ... --as ID``.
+    stands_in_for: str | None = None
 
     def file(self, role: Role) -> InstalledFile:
         return self.text if role == "text" else self.mmproj

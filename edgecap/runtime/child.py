@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Hashable
@@ -21,7 +22,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 from edgecap.errors import EdgecapError
 from edgecap.logs import LogSetup
 from edgecap.records import CaptionRequest, CaptionResult, TokenPiece
-from edgecap.runtime.messages import WorkCancel, WorkDone, WorkError, WorkItem, WorkPiece
+from edgecap.runtime.messages import (
+    EngineInfo,
+    WorkCancel,
+    WorkDone,
+    WorkError,
+    WorkItem,
+    WorkPiece,
+)
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -209,6 +217,19 @@ def as_edgecap(exc: BaseException) -> EdgecapError:
     return error.to_exception()
 
 
+def _report_backend(conn: Connection) -> None:
+    """Tell the parent which backend this process's llama.cpp runs (what doctor reports).
+
+    Only an engine that loaded llama.cpp has one; a test double that did not stays silent.
+    """
+    if "llama_cpp" not in sys.modules:
+        return
+    from edgecap.engine.hardware import detect_backend
+
+    backend = detect_backend()
+    conn.send(EngineInfo(backend.name, backend.gpu_offload))
+
+
 def serve(
     factory: EngineFactory, conn: Connection, loaded: Event, log_setup: LogSetup | None = None
 ) -> None:
@@ -222,6 +243,7 @@ def serve(
     try:
         started = time.perf_counter()
         engines.get(None)
+        _report_backend(conn)
         loaded.set()
         logger.info("Loaded the default model in %.1f s", time.perf_counter() - started)
     except Exception as exc:  # reported to the first task that needs the default model

@@ -2,7 +2,8 @@
 
 Parent → child: :class:`WorkItem` (caption this), :class:`WorkCancel` (stop that one), ``None``
 (unload and exit). Child → parent: :class:`WorkPiece` (streamed text, only for items that asked)
-and exactly one :class:`WorkDone` per item. Errors cross as :class:`WorkError` values.
+and exactly one :class:`WorkDone` per item; once, after loading the default model,
+:class:`EngineInfo`. Errors cross as :class:`WorkError` values.
 """
 
 from __future__ import annotations
@@ -29,6 +30,15 @@ class WorkCancel:
     """Stop the item with this taskUUID; its :class:`WorkDone` says ``cancelled``."""
 
     task_uuid: str
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What the engine process runs on, as its llama.cpp reports it (the parent never loads
+    llama.cpp, so it cannot ask itself)."""
+
+    backend: str  # "CPU", "CUDA", "Metal", ...
+    gpu_offload: bool
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,21 @@ import logging
 import math
 import threading
 import time
+from collections.abc import AsyncGenerator
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from edgecap.config import Settings
-from edgecap.errors import EdgecapError, InferenceError, RateLimited, TaskConflict, TaskExpired
+from edgecap.errors import (
+    EdgecapError,
+    InferenceError,
+    RateLimited,
+    TaskCancelled,
+    TaskConflict,
+    TaskExpired,
+    TimeoutProvider,
+)
 from edgecap.logs import LogSetup
 from edgecap.protocol import (
     RESULT_TASK_TYPE,
@@ -33,8 +43,10 @@ from edgecap.protocol import (
     result_item,
     success_envelope,
 )
-from edgecap.records import CaptionResult
+from edgecap.records import CaptionResult, TokenPiece
 from edgecap.runtime.delivery import Deliverer, outgoing_for
+from edgecap.runtime.listeners import Listener, Listeners
+from edgecap.runtime.messages import EngineInfo, WorkItem
 from edgecap.runtime.stats import ServiceStats
 from edgecap.runtime.tasks import (
     CaptionJob,
@@ -49,7 +61,6 @@ from edgecap.runtime.worker import (
     Worker,
     WorkerCrashed,
     WorkerStopped,
-    WorkItem,
 )
 
 __all__ = ["CaptionJob", "TaskConflict", "TaskExpired", "TaskRecord", "TaskService"]
@@ -77,6 +88,7 @@ class TaskService:
         )
         self._deliverer = Deliverer(self.store, settings)
         self._waiters = _Waiters()
+        self._listeners = Listeners()
         self._metrics = ServiceStats()
         self._submit_lock = threading.Lock()
         self._wake = threading.Event()
@@ -160,9 +172,80 @@ class TaskService:
             self._waiters.remove(task_uuid, event)
         return record
 
+    async def stream(
+        self, job: CaptionJob, timeout: float, *, pieces: bool = True
+    ) -> AsyncGenerator[TokenPiece | CaptionResult, None]:
+        """Queue ``job`` (a new taskUUID) and follow it: with ``pieces``, its text pieces as
+        they are generated, then its :class:`CaptionResult`.
+
+        Raises what :meth:`submit` raises, the task's own error, or a ``timeoutProvider`` error
+        (504) when it has not finished within ``timeout`` s — it still runs, and its record
+        stays in the store. Pieces join up to the result's text before the engine strips it.
+        """
+        loop = asyncio.get_running_loop()
+        listener = self._listeners.add(job.task_uuid, pieces=pieces)
+        try:
+            if await asyncio.to_thread(self.store.fingerprint, job.task_uuid) is not None:
+                raise TaskConflict(
+                    f"The taskUUID {job.task_uuid} was used before; a streamed task needs a "
+                    "new one.",
+                    parameter="taskUUID",
+                )
+            await asyncio.to_thread(self.submit, job)
+            deadline = loop.time() + timeout
+            while True:
+                try:
+                    event = await asyncio.wait_for(
+                        listener.queue.get(), max(deadline - loop.time(), 0.0)
+                    )
+                except asyncio.TimeoutError:
+                    raise TimeoutProvider(
+                        f"The task did not finish within {timeout:g} s (sync_timeout_s); it "
+                        f"goes on running as {job.task_uuid}.",
+                    ) from None
+                if isinstance(event, EdgecapError):
+                    raise event
+                yield event
+                if isinstance(event, CaptionResult):
+                    return
+        finally:
+            self._listeners.remove(job.task_uuid, listener)
+
     def get(self, task_uuid: str) -> TaskRecord:
         """The task's record; raises ``NotFound`` (taskNotFound) or :class:`TaskExpired`."""
         return self.store.get(task_uuid)
+
+    def watch(self, task_uuid: str) -> Listener:
+        """A listener on the task: its text pieces as they are generated, then its
+        ``CaptionResult`` or error once its record is final. Open it before :meth:`submit` to
+        miss nothing; call from a coroutine; close it when done."""
+        return self._listeners.add(task_uuid, pieces=True)
+
+    def cancel(self, task_uuid: str) -> bool:
+        """Stop a task: a queued one is finished at once, a running one at its next token.
+
+        Either way it ends with a ``taskCancelled`` error and frees its place. False if the
+        task is not queued or running (finished, unknown, or already past generation).
+        """
+        job = self.store.withdraw(task_uuid)
+        if job is not None:
+            self._finish_error(job, _cancelled(job, 0))
+            return True
+        try:
+            running = self.store.get(task_uuid).status == "processing"
+        except EdgecapError:  # unknown or expired
+            return False
+        if running:
+            self._worker.cancel(task_uuid)
+        return running
+
+    def engine_info(self) -> EngineInfo | None:
+        """What the engine process runs on (backend), once it has loaded a model."""
+        return self._worker.info
+
+    def running(self) -> int:
+        """Tasks being captioned now (0 or 1 with one engine process)."""
+        return self.store.count("processing")
 
     def queue_depth(self) -> int:
         """Tasks waiting for the worker (not counting the ones it is running)."""
@@ -223,8 +306,11 @@ class TaskService:
     def _run(self, claimed: ClaimedTask) -> None:
         job = claimed.job
         started = time.perf_counter()
+        stream = self._listeners.wants_pieces(job.task_uuid)
+        on_piece = partial(self._listeners.piece, job.task_uuid) if stream else None
         try:
-            result = self._worker.run(WorkItem(job.task_uuid, job.model, job.request))
+            item = WorkItem(job.task_uuid, job.model, job.request, stream=stream)
+            result = self._worker.run(item, on_piece)
         except WorkerStopped:
             self.store.release(job.task_uuid, refund_attempt=True)
             return
@@ -238,6 +324,9 @@ class TaskService:
         except EdgecapError as exc:
             self._finish_error(job, exc)
             return
+        if result.finish_reason == "cancelled":
+            self._finish_error(job, _cancelled(job, result.generated_tokens))
+            return
         self._metrics.record(result, claimed.queued_seconds, time.perf_counter() - started)
         self._finish_success(job, result)
 
@@ -248,11 +337,12 @@ class TaskService:
             include_cost=job.include_cost,
             cost_per_second=self.settings.cost_per_second,
         )
-        self._finish(job, success_envelope(item), result=item, error=None, text=result.text)
+        response = success_envelope(item)
+        self._finish(job, response, result=item, error=None, text=result.text, outcome=result)
 
     def _finish_error(self, job: CaptionJob, exc: EdgecapError) -> None:
         error = error_object(exc, task_type=RESULT_TASK_TYPE, task_uuid=_client_uuid(job))
-        self._finish(job, error_envelope(error), result=None, error=error, text=None)
+        self._finish(job, error_envelope(error), result=None, error=error, text=None, outcome=exc)
 
     def _finish(
         self,
@@ -262,6 +352,7 @@ class TaskService:
         result: dict[str, Any] | None,
         error: dict[str, Any] | None,
         text: str | None,
+        outcome: CaptionResult | EdgecapError,
     ) -> None:
         self.store.finish(
             job.task_uuid,
@@ -273,6 +364,7 @@ class TaskService:
         )
         self._deliverer.wake()
         self._waiters.notify(job.task_uuid)
+        self._listeners.finished(job.task_uuid, outcome)  # after the record is final
 
     def _purge_if_due(self) -> None:
         now = time.monotonic()
@@ -291,6 +383,15 @@ def _client_uuid(job: CaptionJob) -> str:
     multi-image task are stored under UUIDs derived from it, which the client never saw."""
     sent = job.original_task.get("taskUUID")
     return sent if isinstance(sent, str) and sent else job.task_uuid
+
+
+def _cancelled(job: CaptionJob, generated: int) -> TaskCancelled:
+    return TaskCancelled(
+        f"The task {_client_uuid(job)} was cancelled by its client after {generated} generated "
+        "token(s). Send it again under a new taskUUID to caption the image.",
+        parameter="taskUUID",
+        generatedTokens=generated,
+    )
 
 
 def _gave_up(attempts: int, crash: WorkerCrashed) -> InferenceError:

@@ -13,7 +13,7 @@ import sqlite3
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from edgecap.records import CaptionRequest, LoadedImage, Sampling
+from edgecap.records import CaptionRequest, ChatTurn, LoadedImage, Sampling
 
 TaskStatus = Literal["queued", "processing", "success", "error"]
 DeliveryKind = Literal["webhook", "upload"]
@@ -103,6 +103,7 @@ def encode_job(job: CaptionJob) -> str:
             "system_prompt": request.system_prompt,
             "sampling": asdict(request.sampling),
             "json_schema": request.json_schema,
+            "history": [asdict(turn) for turn in request.history],
             "image": {k: v for k, v in asdict(image).items() if k != "rgb"} if image else None,
         }
     )
@@ -116,8 +117,9 @@ def decode_job(row: sqlite3.Row) -> CaptionJob:
         image=image,
         prompt=data["prompt"],
         system_prompt=data["system_prompt"],
-        sampling=Sampling(**data["sampling"]),
+        sampling=_sampling(data["sampling"]),
         json_schema=data["json_schema"],
+        history=tuple(ChatTurn(**turn) for turn in data.get("history", ())),
     )
     return CaptionJob(
         task_uuid=row["task_uuid"],
@@ -130,6 +132,10 @@ def decode_job(row: sqlite3.Row) -> CaptionJob:
         fingerprint=row["fingerprint"],
         original_task=json.loads(row["original_task"]),
     )
+
+
+def _sampling(data: dict[str, Any]) -> Sampling:
+    return Sampling(**{**data, "stop": tuple(data.get("stop", ()))})
 
 
 def record_of(row: sqlite3.Row) -> TaskRecord:

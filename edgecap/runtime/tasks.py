@@ -155,6 +155,22 @@ class TaskStore:
             queued_seconds=max(now - row["created_at"], 0.0),
         )
 
+    def withdraw(self, task_uuid: str) -> CaptionJob | None:
+        """Take a still-queued task out of the queue (claimed, but never to be run) and return
+        its job, for the caller to finish; None if it was not queued (running, finished...)."""
+        with self._write() as db:
+            row = db.execute(
+                "SELECT tasks.*, NULL AS rgb FROM tasks WHERE task_uuid = ? AND status = 'queued'",
+                (task_uuid,),
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE tasks SET status = 'processing', started_at = ? WHERE task_uuid = ?",
+                (self.clock(), task_uuid),
+            )
+        return decode_job(row)
+
     def release(self, task_uuid: str, *, refund_attempt: bool) -> None:
         """Put a claimed task back at the head of the queue (it keeps its place in line)."""
         with self._write() as db:

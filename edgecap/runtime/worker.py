@@ -31,7 +31,14 @@ from edgecap.errors import EdgecapError, InferenceError, WorkerCrashed, WorkerSt
 from edgecap.logs import LogSetup
 from edgecap.records import CaptionResult
 from edgecap.runtime.child import CaptionEngine, EngineFactory, serve
-from edgecap.runtime.messages import WorkCancel, WorkDone, WorkError, WorkItem, WorkPiece
+from edgecap.runtime.messages import (
+    EngineInfo,
+    WorkCancel,
+    WorkDone,
+    WorkError,
+    WorkItem,
+    WorkPiece,
+)
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -90,6 +97,7 @@ class _Child:
     waiters: dict[str, _Waiter] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)  # waiters and sends
     how: str | None = None  # how it ended, once it has
+    info: EngineInfo | None = None  # what it runs on, once it has said
 
     def send(self, message: WorkItem | WorkCancel | None) -> None:
         with self.lock:
@@ -102,9 +110,12 @@ class _Child:
             try:
                 if not self.conn.poll():  # died without a word
                     break
-                message: WorkDone | WorkPiece = self.conn.recv()
+                message: WorkDone | WorkPiece | EngineInfo = self.conn.recv()
             except (EOFError, OSError):
                 break
+            if isinstance(message, EngineInfo):
+                self.info = message
+                continue
             with self.lock:
                 waiter = self.waiters.get(message.task_uuid)
                 if isinstance(message, WorkDone):
@@ -142,6 +153,12 @@ class Worker:
         """The child is alive and has loaded the default model."""
         child = self._child
         return bool(child and child.process.is_alive() and child.loaded.is_set())
+
+    @property
+    def info(self) -> EngineInfo | None:
+        """What the engine process runs on; None until it has loaded the default model."""
+        child = self._child
+        return child.info if child is not None else None
 
     @property
     def in_flight(self) -> int:

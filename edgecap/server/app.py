@@ -15,7 +15,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic.json_schema import models_json_schema
 from starlette.concurrency import run_in_threadpool
 
@@ -27,8 +27,11 @@ from edgecap.runtime.service import TaskService
 from edgecap.server.auth import ApiKeys
 from edgecap.server.handlers import Context
 from edgecap.server.metrics import Metrics
+from edgecap.server.openai import make_openai_router
+from edgecap.server.page import make_page_router
 from edgecap.server.routes import make_router
 from edgecap.server.schema import TASK_MODELS
+from edgecap.server.stream import stream_caption
 from edgecap.server.uploads import UploadStore
 from edgecap.server.ws import Connection, Sessions
 
@@ -61,6 +64,12 @@ def create_app(settings: Settings, service: TaskService, registry: Registry) -> 
 
     app = FastAPI(title="edgecap", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.include_router(make_router(ctx))
+    app.include_router(make_openai_router(ctx))
+    app.include_router(make_page_router(ctx))
+
+    @app.post("/v1/stream", summary="One caption task, answered as server-sent events")
+    async def stream(request: Request) -> Response:
+        return await stream_caption(request, ctx)
 
     @app.websocket("/v1")
     async def websocket(socket: WebSocket) -> None:

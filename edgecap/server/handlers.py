@@ -138,7 +138,7 @@ async def caption(raw: dict[str, Any], ctx: Context, caller: Caller) -> Reply:
     """Queue one job per image; answer at once (async) or once finished (sync)."""
     task = parse_task(CaptionTask, raw)
     async with ctx.caption_slots:
-        records = await run_in_threadpool(_submit_caption, task, raw, ctx)
+        records, _ = await run_in_threadpool(submit_caption, task, raw, ctx)
     if task.delivery_method == "async":
         return render_records(records, task.task_uuid)
     timeout = ctx.settings.sync_timeout_s
@@ -146,21 +146,24 @@ async def caption(raw: dict[str, Any], ctx: Context, caller: Caller) -> Reply:
     return render_records(list(waited), task.task_uuid, timed_out_after=timeout)
 
 
-def _submit_caption(task: CaptionTask, raw: dict[str, Any], ctx: Context) -> list[TaskRecord]:
-    """The task's records: those of its earlier sending, or of its jobs, built and queued now.
+def submit_caption(
+    task: CaptionTask, raw: dict[str, Any], ctx: Context
+) -> tuple[list[TaskRecord], bool]:
+    """The task's records: those of its earlier sending (then True), or of its jobs, built
+    and queued now (then False).
 
     Blocking (store, model files, image fetch and decode): runs in the thread pool, in one hop.
     """
     uuids = job_uuids(task.task_uuid, len(task.image_sources()))
     records = _resent_records(ctx.service, uuids, fingerprint(storable_task(raw)))
     if records is not None:
-        return records
+        return records, True
     _refuse_if_queue_full(ctx)  # before fetching and decoding images for nothing
     jobs = make_jobs(task, raw, ctx.job_inputs)
     for job in jobs:
         if job.request.image is not None:
             ctx.metrics.observe_image_load(job.request.image.load_seconds)
-    return [ctx.service.submit(job) for job in jobs]
+    return [ctx.service.submit(job) for job in jobs], False
 
 
 def _refuse_if_queue_full(ctx: Context) -> None:

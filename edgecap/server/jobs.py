@@ -44,15 +44,15 @@ def storable_task(raw: dict[str, Any]) -> dict[str, Any]:
     """
     out = dict(raw)
     if isinstance(out.get("inputs"), dict) and "image" in out["inputs"]:
-        out["inputs"] = {**out["inputs"], "image": _placeholder(out["inputs"]["image"])}
+        out["inputs"] = {**out["inputs"], "image": inline_placeholder(out["inputs"]["image"])}
     if "inputImage" in out:
-        out["inputImage"] = _placeholder(out["inputImage"])
+        out["inputImage"] = inline_placeholder(out["inputImage"])
     if isinstance(out.get("inputImages"), list):
-        out["inputImages"] = [_placeholder(image) for image in out["inputImages"]]
+        out["inputImages"] = [inline_placeholder(image) for image in out["inputImages"]]
     return out
 
 
-def _placeholder(image: Any) -> Any:
+def inline_placeholder(image: Any) -> Any:
     if not isinstance(image, str) or len(image) <= INLINE_KEPT_CHARS or is_url(image):
         return image
     digest = hashlib.sha256(image.encode()).hexdigest()

@@ -167,7 +167,7 @@ class CaptionTask(_Task):
                 {"parameter": "responseFormat"},
             )
         if self.json_schema is not None:
-            _check_json_schema(self.json_schema)
+            check_json_schema(self.json_schema)
         return self
 
     def image_sources(self) -> list[str]:
@@ -197,7 +197,7 @@ def _nesting_depth(value: Any, limit: int) -> int:
     return deepest
 
 
-def _check_json_schema(schema: dict[str, Any]) -> None:
+def check_json_schema(schema: dict[str, Any]) -> None:
     """A bounded, valid JSON schema, or invalidParameter naming jsonSchema."""
     if _nesting_depth(schema, MAX_JSON_SCHEMA_DEPTH) > MAX_JSON_SCHEMA_DEPTH:
         raise PydanticCustomError(

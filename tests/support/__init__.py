@@ -10,4 +10,5 @@ never from each other.
 - ``hub``: a loopback Hugging Face Hub mirror and stand-in GGUF bytes
 - ``api``: a live uvicorn server of the real app, and its request helpers
 - ``clients``: Runware's official clients, run in subprocesses
+- ``cli``: ``edgecap caption`` in-process, installing the tiny model, reading JSONL output
 """

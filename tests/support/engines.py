@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from edgecap.errors import ContextOverflow, EdgecapError, UnknownModel
-from edgecap.records import CaptionRequest, CaptionResult, TokenPiece
+from edgecap.records import CaptionRequest, CaptionResult, FinishReason, TokenPiece
 
 # Both fakes report these stage timings: 2.0 s of compute per caption.
 FAKE_TIMINGS = {"load_image": 0.5, "encode": 1.0, "prefill": 0.25, "generate": 0.25}
@@ -141,3 +142,68 @@ class ScriptedEngineFactory:
         """What the child logged: ``lines("load")`` -> ["None", "small"], ..."""
         lines = self.log.read_text().splitlines() if self.log.exists() else []
         return [line.split(" ", 1)[1] for line in lines if line.startswith(f"{kind} ")]
+
+
+class PiecesScheduler:
+    """A step scheduler (edgecap.runtime.child.StepScheduler) for the scripted engine that
+    streams: ``pieces:<n>`` yields the pieces ``"w0"``, ``" w1"``, … one per step, 20 ms apart,
+    and stops at the next step once cancelled; any other prompt is the engine's caption, whole."""
+
+    def __init__(self, engine: ScriptedEngine) -> None:
+        self._engine = engine
+        self._jobs: dict[Hashable, list[Any]] = {}  # key -> [request, pieces sent, cancelled]
+        self._errors: dict[Hashable, EdgecapError] = {}
+
+    @property
+    def idle(self) -> bool:
+        return not self._jobs and not self._errors
+
+    def submit(self, key: Hashable, request: CaptionRequest) -> None:
+        self._jobs[key] = [request, 0, False]
+
+    def cancel(self, key: Hashable) -> None:
+        if key in self._jobs:
+            self._jobs[key][2] = True
+
+    def report(self, key: Hashable, error: EdgecapError) -> None:
+        self._errors[key] = error
+
+    def step(self) -> list[tuple[Hashable, TokenPiece | CaptionResult | EdgecapError]]:
+        events: list[tuple[Hashable, TokenPiece | CaptionResult | EdgecapError]] = list(
+            self._errors.items()
+        )
+        self._errors.clear()
+        for key, job in list(self._jobs.items()):
+            request, sent, cancelled = job
+            command, _, arg = request.prompt.partition(":")
+            if command != "pieces":
+                del self._jobs[key]
+                events.append((key, self._engine.caption(request)))
+            elif cancelled or sent == int(arg):
+                del self._jobs[key]
+                text = " ".join(f"w{i}" for i in range(sent))
+                finish: FinishReason = "cancelled" if cancelled else "length"
+                whole = replace(self._engine.caption(request), text=text, generated_tokens=sent)
+                events.append((key, replace(whole, finish_reason=finish)))
+            else:
+                events.append((key, TokenPiece(f"w{sent}" if sent == 0 else f" w{sent}")))
+                job[1] = sent + 1
+        time.sleep(0.02)
+        return events
+
+
+class StreamingScriptedEngine(ScriptedEngine):
+    """The scripted engine with a step scheduler: it streams pieces and can be cancelled."""
+
+    def __init__(self, model_id: str, log: Path) -> None:
+        super().__init__(model_id, log)
+        self.scheduler = PiecesScheduler(self)
+
+
+@dataclass(frozen=True)
+class StreamingEngineFactory(ScriptedEngineFactory):
+    """:class:`ScriptedEngineFactory` for :class:`StreamingScriptedEngine`."""
+
+    def __call__(self, model: str | None) -> ScriptedEngine:
+        super().__call__(model)
+        return StreamingScriptedEngine(model or "default", self.log)

@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 from edgecap.config import load_settings
+from edgecap.records import ModelFiles
 from edgecap.registry import Registry
 from tests.support.http import QuietHandler, base_url, serve
 
@@ -38,6 +39,14 @@ def register(home: Path, name: str) -> None:
     (files / "text.gguf").write_bytes(b"text")
     (files / "mmproj.gguf").write_bytes(b"mmproj")
     Registry(load_settings()).register_local(name, files / "text.gguf", files / "mmproj.gguf")
+
+
+def install_tiny(model: ModelFiles) -> None:
+    """Register the session's tiny GGUF files (``tiny_model_files``) as the demo model of the
+    current settings' store (``EDGECAP_HOME``): the default model while no other is installed."""
+    Registry(load_settings()).register_local(
+        "edgecap-tiny-random", model.text, model.mmproj, random_weights=True
+    )
 
 
 def flip_one_byte(path: Path, offset: int = 100) -> None:
