@@ -57,7 +57,7 @@ def fake_runs(tmp_path: Path) -> report.Runs:
 
 
 def test_summary_takes_medians_and_judges_each_target(tmp_path: Path) -> None:
-    summary = report.summarize(fake_runs(tmp_path), MACHINE, FILES, 256)
+    summary = report.summarize(fake_runs(tmp_path), MACHINE, FILES, [256])
     assert summary["captions"]["edgecap@256"]["caption_s"] == {
         "median": 11.0,
         "min": 10.0,
@@ -78,7 +78,7 @@ def test_summary_takes_medians_and_judges_each_target(tmp_path: Path) -> None:
 
 
 def test_markdown_has_every_table_and_the_failures(tmp_path: Path) -> None:
-    text = markdown.render(report.summarize(fake_runs(tmp_path), MACHINE, FILES, 256))
+    text = markdown.render(report.summarize(fake_runs(tmp_path), MACHINE, FILES, [256]))
     assert "| edgecap@256 | 11.00 (10.00–12.00) | 0.75 (0.50–1.00) |" in text
     assert "| 1024 | 8.00 | 9.00 | 1.12 |" in text
     assert "| same image | 4 |" in text and "**not met**" in text
@@ -87,5 +87,5 @@ def test_markdown_has_every_table_and_the_failures(tmp_path: Path) -> None:
 
 def test_chart_is_written(tmp_path: Path) -> None:
     out = tmp_path / "chart.png"
-    report.chart(report.summarize(fake_runs(tmp_path), MACHINE, FILES, 256), out)
+    report.chart(report.summarize(fake_runs(tmp_path), MACHINE, FILES, [256]), out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -57,7 +57,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def model_files(args: argparse.Namespace) -> dict[str, Any]:
     """The bench preset's files (built once), sizes, and the KV cache the engine allocates."""
     files = build_model(args.workdir, args)
-    f16 = files.mmproj.with_name(files.mmproj.name.replace("-bf16", "-f16"))
+    # Beside the converted directory: tools.bench reuses a directory holding exactly its 2 files.
+    f16 = files.mmproj.parents[1] / files.mmproj.name.replace("-bf16", "-f16")
     if not f16.exists():
         quantize(files.mmproj, f16, "F16", mmproj=True)
     config = json.loads((files.text.parents[1] / "hf" / "config.json").read_text())
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         meta_path.write_text(json.dumps(machine.describe()), encoding="utf-8")
         run_all(args, files)
     summary = report.summarize(
-        load_runs(args.results), json.loads(meta_path.read_text()), files, args.budgets[0]
+        load_runs(args.results), json.loads(meta_path.read_text()), files, args.budgets
     )
     write_docs(summary, args.out)
     print(markdown.render(summary))

@@ -19,6 +19,12 @@ def spread(values: list[float]) -> dict[str, float]:
     }
 
 
+def spread_of(items: list[dict[str, Any]], key: str) -> dict[str, float] | None:
+    """The spread of ``key`` over the runs that recorded it, None if none did."""
+    values = [r[key] for r in items if r.get(key) is not None]
+    return spread(values) if values else None
+
+
 def ok(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in runs if "error" not in r]
 
@@ -31,9 +37,7 @@ def captions(runs: Runs) -> dict[str, dict[str, Any]]:
         if "@" not in name or not good:
             continue
         out[name] = {
-            key: spread([r[key] for r in good])
-            for key in ("caption_s", "same_image_s", "peak_rss_mb")
-            if key in good[0]
+            key: spread_of(good, key) for key in ("caption_s", "same_image_s", "peak_rss_mb")
         }
         out[name]["generated_tokens"] = good[0].get("generated_tokens")
         out[name]["stages_s"] = good[0].get("stages_s")
@@ -94,7 +98,7 @@ def concurrency(runs: Runs) -> dict[str, dict[str, Any]]:
                     ),
                     3,
                 ),
-                "peak_rss_mb": spread([r["peak_rss_mb"] for r in good]),
+                "peak_rss_mb": spread_of(good, "peak_rss_mb"),
             }
             for k in levels
         }
@@ -110,68 +114,53 @@ def _median(table: dict[str, Any], name: str, key: str) -> float | None:
     return entry["median"] if entry else None
 
 
-def targets(summary: dict[str, Any], budget: int) -> list[dict[str, Any]]:
+# (what, edgecap's figure, the handler run, its figure, bound): edgecap / handler <= bound.
+CAPTION_TARGETS = (
+    ("one caption: edgecap / MTMDChatHandler with flash attention", "caption_s", "mtmd-flash", 1.0),
+    ("one caption: edgecap / MTMDChatHandler defaults", "caption_s", "mtmd-default", 0.45),
+    (
+        "same image, new prompt: edgecap / MTMDChatHandler defaults",
+        "same_image_s",
+        "mtmd-default",
+        0.1,
+    ),
+    (
+        "same image, new prompt: edgecap / MTMDChatHandler with flash attention",
+        "same_image_s",
+        "mtmd-flash",
+        0.1,
+    ),
+)
+# (what, mode, bound): throughput with 4 in flight / with 1 >= bound.
+CONCURRENCY_TARGETS = (
+    ("4 concurrent, same image, 128 tokens: throughput / one at a time", "same_image", 2.0),
+    (
+        "4 concurrent, different 448x448 images, 64 tokens: throughput / one at a time",
+        "different_images",
+        1.25,
+    ),
+)
+
+
+def _row(what: str, value: float | None, bound: float, op: str) -> dict[str, Any]:
+    met = None if value is None else (value >= bound if op == ">=" else value <= bound)
+    return {"target": what, "value": value, "bound": f"{op} {bound}", "met": met}
+
+
+def targets(summary: dict[str, Any], budgets: list[int]) -> list[dict[str, Any]]:
     """The issue's targets: each with its measured value, the bound, and met or not."""
-    cap, conc, enc = summary["captions"], summary["concurrency"], summary["encode"]
-    mine = f"edgecap@{budget}"
-    rows: list[tuple[str, float | None, float, str]] = [
-        (
-            "4 concurrent, same image, 128 tokens: throughput / one at a time",
-            conc.get("same_image", {}).get("4", {}).get("ratio_to_1"),
-            2.0,
-            ">=",
-        ),
-        (
-            "4 concurrent, different 448x448 images, 64 tokens: throughput / one at a time",
-            conc.get("different_images", {}).get("4", {}).get("ratio_to_1"),
-            1.25,
-            ">=",
-        ),
-        (
-            "one caption: edgecap / MTMDChatHandler with flash attention",
-            _ratio(
-                _median(cap, mine, "caption_s"), _median(cap, f"mtmd-flash@{budget}", "caption_s")
-            ),
-            1.0,
-            "<=",
-        ),
-        (
-            "one caption: edgecap / MTMDChatHandler defaults",
-            _ratio(
-                _median(cap, mine, "caption_s"), _median(cap, f"mtmd-default@{budget}", "caption_s")
-            ),
-            0.45,
-            "<=",
-        ),
-        (
-            "same image, new prompt: edgecap / MTMDChatHandler defaults",
-            _ratio(
-                _median(cap, mine, "same_image_s"),
-                _median(cap, f"mtmd-default@{budget}", "same_image_s"),
-            ),
-            0.1,
-            "<=",
-        ),
-        (
-            "same image, new prompt: edgecap / MTMDChatHandler with flash attention",
-            _ratio(
-                _median(cap, mine, "same_image_s"),
-                _median(cap, f"mtmd-flash@{budget}", "same_image_s"),
-            ),
-            0.1,
-            "<=",
-        ),
-    ]
+    cap, conc = summary["captions"], summary["concurrency"]
     out = [
-        {
-            "target": t,
-            "value": v,
-            "bound": f"{op} {b}",
-            "met": None if v is None else (v >= b if op == ">=" else v <= b),
-        }
-        for t, v, b, op in rows
+        _row(what, conc.get(mode, {}).get("4", {}).get("ratio_to_1"), bound, ">=")
+        for what, mode, bound in CONCURRENCY_TARGETS
     ]
-    out.append(projector_target(enc, summary["machine"]["recommended_mmproj_type"]))
+    for budget in budgets:
+        for what, key, other, bound in CAPTION_TARGETS:
+            value = _ratio(
+                _median(cap, f"edgecap@{budget}", key), _median(cap, f"{other}@{budget}", key)
+            )
+            out.append(_row(f"{what} ({budget} image tokens)", value, bound, "<="))
+    out.append(projector_target(summary["encode"], summary["machine"]["recommended_mmproj_type"]))
     out.append(rss_target(summary))
     return out
 
@@ -199,12 +188,9 @@ def rss_target(summary: dict[str, Any]) -> dict[str, Any]:
     """Peak RSS of edgecap's runs against 1.15 x files + KV cache + 300 MB."""
     files = summary["files"]
     bound = 1.15 * (files["text_mb"] + files["mmproj_mb"]) + files["kv_cache_mb"] + 300
-    peaks = [
-        v["peak_rss_mb"]["max"] for k, v in summary["captions"].items() if k.startswith("edgecap@")
-    ]
-    peaks += [
-        lvl["peak_rss_mb"]["max"] for m in summary["concurrency"].values() for lvl in m.values()
-    ]
+    entries = [v for k, v in summary["captions"].items() if k.startswith("edgecap@")]
+    entries += [lvl for m in summary["concurrency"].values() for lvl in m.values()]
+    peaks = [e["peak_rss_mb"]["max"] for e in entries if e.get("peak_rss_mb")]
     worst = max(peaks) if peaks else None
     return {
         "target": "edgecap peak RSS (MB, worst scenario) <= 1.15 x (text + projector) "
@@ -216,7 +202,7 @@ def rss_target(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def summarize(
-    runs: Runs, machine: dict[str, Any], files: dict[str, Any], budget: int
+    runs: Runs, machine: dict[str, Any], files: dict[str, Any], budgets: list[int]
 ) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "machine": machine,
@@ -231,7 +217,7 @@ def summarize(
         },
     }
     summary["encode_growth"] = encode_growth(summary["encode"])
-    summary["targets"] = targets(summary, budget)
+    summary["targets"] = targets(summary, budgets)
     return summary
 
 
@@ -242,7 +228,6 @@ def chart(summary: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(summary["captions"])
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     for ax, key, title in zip(
         axes,
@@ -250,6 +235,7 @@ def chart(summary: dict[str, Any], path: Path) -> None:
         ("one caption (s)", "same image, new prompt (s)"),
         strict=True,
     ):
+        names = [n for n, row in summary["captions"].items() if row.get(key)]
         med = [summary["captions"][n][key]["median"] for n in names]
         low = [m - summary["captions"][n][key]["min"] for n, m in zip(names, med, strict=True)]
         high = [summary["captions"][n][key]["max"] - m for n, m in zip(names, med, strict=True)]
