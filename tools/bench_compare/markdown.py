@@ -97,6 +97,8 @@ def render(summary: dict[str, Any]) -> str:
         "",
         *encode_table(summary["encode"]),
         "",
+        *growth_lines(summary.get("encode_growth", {})),
+        "",
         "## Concurrent requests through the batching engine",
         "",
         *concurrency_table(summary["concurrency"]),
