@@ -113,6 +113,12 @@ class AuthError(EdgecapError):
     code, status = "invalidApiKey", 401
 
 
+class InsufficientStorage(EdgecapError):
+    """The server's disk is full."""
+
+    code, status = "insufficientStorage", 507
+
+
 class RateLimited(EdgecapError):
     code, status = "rateLimitExceeded", 429
 

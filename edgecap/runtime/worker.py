@@ -65,6 +65,12 @@ class WorkerCrashed(InferenceError):
     """The child process died while it was working on a task."""
 
 
+class WorkerTimedOut(EdgecapError):
+    """A task ran past its deadline; the child was killed (and is restarted)."""
+
+    code, status = "timeoutProvider", 504
+
+
 class WorkerStopped(ModelNotReady):
     """:meth:`Worker.stop` was called before or while a task ran."""
 
@@ -137,8 +143,9 @@ class Worker:
         self._stopping.clear()
         self._spawn()
 
-    def run(self, item: WorkItem) -> CaptionResult:
-        """Caption ``item`` in the child. Raises the task's error, or :class:`WorkerCrashed`."""
+    def run(self, item: WorkItem, *, timeout_s: float | None = None) -> CaptionResult:
+        """Caption ``item`` in the child. Raises the task's error, :class:`WorkerCrashed`, or
+        :class:`WorkerTimedOut` after ``timeout_s`` (the child is killed and restarted)."""
         with self._lock:
             if self._stopping.is_set() or self._process is None or self._conn is None:
                 raise WorkerStopped("The worker is stopping; the task will run after a restart.")
@@ -146,9 +153,11 @@ class Worker:
                 self._restart()
             try:
                 self._conn.send(item)
-                reply = self._await_reply()
+                reply = self._await_reply(timeout_s)
             except (OSError, EOFError):
                 reply = None
+            except TimeoutError:
+                raise self._timed_out(timeout_s) from None
             if reply is None:
                 raise self._crashed()
         if reply.error is not None:
@@ -198,10 +207,12 @@ class Worker:
         child_end.close()  # else the parent would never see EOF when the child dies
         self._conn = parent_end
 
-    def _await_reply(self) -> WorkDone | None:
-        """The child's reply, or None if it died first."""
+    def _await_reply(self, timeout_s: float | None = None) -> WorkDone | None:
+        """The child's reply, or None if it died first; TimeoutError after ``timeout_s``."""
         assert self._process is not None and self._conn is not None
-        multiprocessing.connection.wait([self._conn, self._process.sentinel])
+        ready = multiprocessing.connection.wait([self._conn, self._process.sentinel], timeout_s)
+        if not ready:
+            raise TimeoutError
         if not self._conn.poll():  # died without a word
             return None
         try:
@@ -209,6 +220,20 @@ class Worker:
         except EOFError:
             return None
         return reply
+
+    def _timed_out(self, timeout_s: float | None) -> EdgecapError:
+        """Kill the child that overran its deadline, start a fresh one, and say so."""
+        assert self._process is not None
+        if self._stopping.is_set():
+            return WorkerStopped("The worker was stopped during the task; it will run again.")
+        self._process.kill()
+        self._restart()
+        return WorkerTimedOut(
+            f"The caption did not finish within {timeout_s:g} s (task_timeout_s / "
+            "EDGECAP_TASK_TIMEOUT_S); the model process was restarted. Try a smaller maxPixels "
+            "or maxTokens, or a simpler jsonSchema.",
+            parameter="maxTokens",
+        )
 
     def _crashed(self) -> EdgecapError:
         """The error for a task whose child died (or was stopped); restarts the child."""

@@ -22,16 +22,17 @@ from starlette.concurrency import run_in_threadpool
 from edgecap import __version__
 from edgecap.config import Settings
 from edgecap.registry import Registry
+from edgecap.runtime.service import TaskService
 from edgecap.server.auth import ApiKeys
 from edgecap.server.envelope import Reply
 from edgecap.server.errors import unexpected_error
+from edgecap.server.guards import Guards
 from edgecap.server.handlers import Context
 from edgecap.server.metrics import Metrics
 from edgecap.server.routes import make_router
 from edgecap.server.schema import TASK_MODELS
 from edgecap.server.uploads import UploadStore
 from edgecap.server.ws import Connection, Sessions
-from edgecap.runtime.service import TaskService
 
 logger = logging.getLogger(__name__)
 
@@ -42,13 +43,24 @@ DESCRIPTION = (
 )
 
 
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """The uvicorn settings the app's bounds rely on (``serve`` and the tests use them)."""
+    return {
+        "ws_max_size": settings.max_body_bytes,
+        "ws_per_message_deflate": False,  # a small compressed frame must not inflate
+        "limit_concurrency": settings.max_connections,
+        "timeout_keep_alive": 5,
+        "h11_max_incomplete_event_size": 64 * 1024,  # request line + headers
+    }
+
+
 def create_app(settings: Settings, service: TaskService, registry: Registry) -> FastAPI:
     """The API app, serving ``service`` (started and stopped with the app)."""
     uploads = UploadStore(settings)
     ctx = Context(
         settings, service, registry, uploads, Metrics(service), ApiKeys(settings.api_keys)
     )
-    sessions = Sessions()
+    sessions = Sessions(per_key=settings.ws_sessions_per_key)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -62,6 +74,7 @@ def create_app(settings: Settings, service: TaskService, registry: Registry) -> 
 
     app = FastAPI(title="edgecap", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.include_router(make_router(ctx))
+    app.add_middleware(Guards, settings=settings)  # Host, Origin, Content-Type, nosniff
 
     @app.websocket("/v1")
     async def websocket(socket: WebSocket) -> None:

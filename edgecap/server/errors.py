@@ -28,6 +28,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "inferenceError": 500,
     "modelNotReady": 503,
     "timeoutProvider": 504,
+    "insufficientStorage": 507,
 }
 DEFAULT_ERROR_STATUS = 400  # invalid*, missing*, unsupported*, conflict*, downloadFailed, ...
 

@@ -9,9 +9,9 @@ import uvicorn
 
 from edgecap.config import Settings
 from edgecap.registry import Registry
-from edgecap.server.app import create_app
-from edgecap.server.auth import ApiKeys, check_bind
 from edgecap.runtime.service import TaskService
+from edgecap.server.app import create_app, uvicorn_options
+from edgecap.server.auth import ApiKeys, check_bind
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def serve(settings: Settings, *, allow_unauthenticated_public_bind: bool = False
         app,
         host=settings.host,
         port=settings.port,
-        ws_max_size=settings.max_body_bytes,
         log_level="info",
         timeout_graceful_shutdown=5,
+        **uvicorn_options(settings),
     )
