@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -35,6 +35,7 @@ class Received:
     path: str
     content_type: str
     body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 class Receiver:
@@ -50,7 +51,13 @@ class Receiver:
             def _answer(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 receiver.received.append(
-                    Received(self.command, self.path, self.headers["Content-Type"], body)
+                    Received(
+                        self.command,
+                        self.path,
+                        self.headers["Content-Type"],
+                        body,
+                        dict(self.headers.items()),
+                    )
                 )
                 status = receiver.statuses.pop(0) if receiver.statuses else 200
                 self.send_response(status)

@@ -43,6 +43,7 @@ from edgecap.errors import (
 from edgecap.protocol import RESULT_TASK_TYPE, result_item
 from edgecap.records import CaptionResult
 from edgecap.runtime.delivery import Deliverer, outgoing_for
+from edgecap.runtime.storage import Reserve, is_disk_full
 from edgecap.runtime.tasks import (
     CaptionJob,
     ClaimedTask,
@@ -87,6 +88,7 @@ class TaskService:
         self.store = TaskStore(settings.db_path, clock=clock)
         self._worker = Worker(engine_factory or DefaultEngineFactory(settings))
         self._deliverer = Deliverer(self.store, settings)
+        self._reserve = Reserve(settings.home)
         self._waiters = _Waiters()
         self._metrics = _Metrics()
         self._submit_lock = threading.Lock()
@@ -102,6 +104,7 @@ class TaskService:
 
     def start(self) -> None:
         """Requeue what a previous run left unfinished, then start the worker and delivery."""
+        self._reserve.ensure()
         requeued = self.store.requeue_unfinished()
         if requeued:
             logger.info("Requeued %d task(s) left unfinished by the previous run", requeued)
@@ -345,12 +348,20 @@ class TaskService:
             "space on the server (EDGECAP_HOME), then send the task again under a new taskUUID."
         )
         error = {**exc.to_dict(), "taskType": RESULT_TASK_TYPE, "taskUUID": _client_uuid(job)}
-        try:
-            self.store.finish(
-                job.task_uuid, result=None, error=error, response={"errors": [error]}, ttl_s=ttl_s
-            )
-        except sqlite3.OperationalError:
-            logger.error("Task %s: the disk is full; it stays unfinished", job.task_uuid)
+        for _ in range(2):  # as is; then again with the reserve's space given back
+            try:
+                self.store.finish(
+                    job.task_uuid,
+                    result=None,
+                    error=error,
+                    response={"errors": [error]},
+                    ttl_s=ttl_s,
+                )
+                return
+            except sqlite3.OperationalError:
+                if not self._reserve.release():
+                    break
+        logger.error("Task %s: the disk is full; it stays unfinished", job.task_uuid)
 
     def _purge_if_due(self) -> None:
         now = time.monotonic()
@@ -371,7 +382,7 @@ def _client_uuid(job: CaptionJob) -> str:
 
 
 def _storage_error(exc: sqlite3.OperationalError) -> EdgecapError:
-    if "full" in str(exc).lower():
+    if is_disk_full(exc):
         return InsufficientStorage(
             "The server's disk is full: the task could not be stored. Try again later; the "
             "operator must free space (EDGECAP_HOME)."

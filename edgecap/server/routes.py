@@ -9,6 +9,7 @@ tasks of the caller's own key.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -26,7 +27,7 @@ from edgecap.server.schema import AuthenticationTask, parse_task
 from edgecap.server.uploads import content_type_of
 
 AUTH_PREFIX_BYTES = 4096  # where a body's authentication task must be, without a bearer key
-NOSNIFF = {"X-Content-Type-Options": "nosniff"}
+TASK_TYPE_FIELD = re.compile(rb'"taskType"\s*:\s*"([^"\\]*)"')
 
 
 def make_router(ctx: Context) -> APIRouter:
@@ -64,7 +65,7 @@ def make_router(ctx: Context) -> APIRouter:
         except EdgecapError as exc:
             reply = Reply.of_error(exc, task_type="imageUpload", task_uuid=None)
             return JSONResponse(reply.body(), status_code=reply.status)
-        return FileResponse(path, media_type=content_type_of(path), headers=NOSNIFF)
+        return FileResponse(path, media_type=content_type_of(path))  # guards add nosniff
 
     @router.get("/healthz", summary="The server process is up")
     async def healthz() -> dict[str, str]:
@@ -128,8 +129,15 @@ async def answer(request: Request, ctx: Context) -> Reply:
 
 
 async def _authenticate_prefix(reader: BodyReader, ctx: Context) -> None:
-    """Without a bearer key the body must open with a valid authentication task."""
-    first = first_element(await reader.read(AUTH_PREFIX_BYTES))
+    """Without a bearer key the body must open with a valid authentication task: read only
+    until its first element is complete, or shows another taskType, or 4 KB have come."""
+    first: Any = None
+    while first is None and not reader.done and len(reader.data) < AUTH_PREFIX_BYTES:
+        await reader.read(len(reader.data) + 1)
+        first = first_element(bytes(reader.data))
+        named = TASK_TYPE_FIELD.search(bytes(reader.data[:AUTH_PREFIX_BYTES]))
+        if first is None and named is not None and named.group(1) != b"authentication":
+            break  # the first task is not an authentication: no need to wait for the rest
     if not (isinstance(first, dict) and first.get("taskType") == "authentication"):
         ctx.keys.check(None)  # raises MissingApiKey
         return
