@@ -35,7 +35,7 @@ from edgecap.errors import InvalidInputImage, RateLimited
 BUILTIN_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 OVERSAMPLE = 4  # decode at least this many times the pixels the budget needs (area)
 DECODE_WAIT_S = 30.0
-ROW_BAND = 256  # rows converted at a time from 16 to 8 bits
+ROW_BAND = 64  # rows converted at a time from 16 to 8 bits
 REDUCIBLE_MODES = frozenset({"L", "LA", "La", "RGB", "RGBA", "RGBa", "I", "F", "CMYK", "PA"})
 
 
@@ -280,7 +280,7 @@ def sixteen_bit_to_grey(image: Image.Image) -> Image.Image:
     values = np.asarray(image)
     out = np.empty(values.shape, dtype=np.uint8)
     for start in range(0, values.shape[0], ROW_BAND):
-        band = values[start : start + ROW_BAND].astype(np.int64)
+        band = values[start : start + ROW_BAND].astype(np.int32)
         np.clip(band, 0, 65535, out=band)
         out[start : start + ROW_BAND] = (band + 128) // 257
     return Image.fromarray(out, mode="L")

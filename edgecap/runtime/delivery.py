@@ -243,5 +243,6 @@ class Deliverer:
 
 
 def destination(url: str) -> str:
-    """The host a delivery goes to (per-destination concurrency is counted by it)."""
-    return (urlsplit(url).hostname or "").lower()
+    """The ``host:port`` a delivery goes to (per-destination concurrency is counted by it)."""
+    parts = urlsplit(url)
+    return f"{(parts.hostname or '').lower()}:{parts.port or parts.scheme}"

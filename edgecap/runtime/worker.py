@@ -154,10 +154,10 @@ class Worker:
             try:
                 self._conn.send(item)
                 reply = self._await_reply(timeout_s)
+            except TimeoutError:  # (an OSError: caught first)
+                raise self._timed_out(timeout_s) from None
             except (OSError, EOFError):
                 reply = None
-            except TimeoutError:
-                raise self._timed_out(timeout_s) from None
             if reply is None:
                 raise self._crashed()
         if reply.error is not None:
