@@ -30,10 +30,10 @@ from PIL import Image
 from edgecap.config import Settings
 from edgecap.records import ModelFiles
 from edgecap.registry import Catalog, Registry, load_catalog
-from edgecap.server import create_app
-from edgecap.server.app import uvicorn_options
 from edgecap.runtime.service import TaskService
 from edgecap.runtime.worker import EngineFactory
+from edgecap.server import create_app
+from edgecap.server.app import uvicorn_options
 
 TINY_ID = "edgecap-tiny-random"
 SEVEN_B_NAMES = ("runware:152@2", "alibaba-qwen2-5-vl-7b-instruct")

@@ -20,9 +20,9 @@ import edgecap
 from edgecap.config import Settings
 from edgecap.errors import NotFound, RateLimited
 from edgecap.inputs.images import load_image
+from edgecap.protocol import cost_of
 from edgecap.records import CaptionRequest, CaptionResult, ModelFiles, Sampling
 from edgecap.registry import Registry
-from edgecap.protocol import cost_of
 from edgecap.runtime.service import (
     MAX_ATTEMPTS,
     CaptionJob,

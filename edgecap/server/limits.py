@@ -24,7 +24,7 @@ from edgecap.server.errors import BadRequestBody
 
 MAX_TASKS_PER_REQUEST = 64  # tasks in one REST body or WebSocket message (besides authentication)
 MAX_JSON_CONTAINERS = 20_000  # objects + arrays in one body (a task needs a handful)
-MAX_JSON_DEPTH = 64  # nesting of the whole body
+MAX_JSON_DEPTH = 512  # nesting of the whole body (jsonSchema has its own, tighter bound)
 MAX_ROUTING_BYTES = 4096  # `routing`, as compact JSON (stored with the task, never used)
 MAX_ROUTING_DEPTH = 8
 MAX_URL_CHARS = 2048
