@@ -22,7 +22,7 @@ from edgecap.config import Settings
 from edgecap.records import ModelFiles
 from edgecap.registry import Registry
 
-READY_TIMEOUT_S = 180.0
+READY_TIMEOUT_S = 300.0  # a busy 2-core CI box loads slowly
 
 
 def register(home: Path, files: ModelFiles) -> None:
