@@ -15,7 +15,7 @@ $(PY):
 # Stamp files: reinstall only when pyproject.toml changes.
 $(VENV)/.runtime: pyproject.toml | $(PY)
 	@echo "Installing edgecap (first time compiles llama.cpp, ~5 min on 2 cores; pip caches the wheel)"
-	$(PIP) install --quiet -e '.[tools]'
+	$(PIP) install --quiet -e .
 	@touch $@
 
 $(VENV)/.test: pyproject.toml | $(PY)

@@ -7,11 +7,13 @@ Only :func:`load_settings` reads the process environment. Everything else receiv
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import platformdirs
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from edgecap.logs import LogFormat, LogLevel
 
 PIXELS_PER_TOKEN = 28 * 28  # one image token = a 28x28 pixel cell after the 2x2 merge
 
@@ -23,10 +25,21 @@ DEFAULT_MIN_PIXELS = 4 * PIXELS_PER_TOKEN
 DEFAULT_MAX_PIXELS = 1024 * PIXELS_PER_TOKEN
 CEILING_MAX_PIXELS = 4096 * PIXELS_PER_TOKEN
 
+# Limits of a request, the one place each is typed: the API schema, the CLI flags and the
+# settings all read them.
+MAX_TOKENS_LIMIT = 8192  # the longest answer anyone may ask for
+MAX_TEMPERATURE = 2.0  # temperature runs from 0 (greedy) to this
+MAX_SEED = 2**32 - 1  # seeds run from 0 to this (llama.cpp's uint32)
+MAX_TTL_S = 365 * 24 * 3600  # results are kept at most a year, whatever ttl asks: not an archive
+
 DEFAULT_PROMPT = (
     "Describe this image in detail, including the main subjects, their actions, "
     "the setting, colors, and any visible text."
 )
+
+
+def _upper(value: Any) -> Any:
+    return value.upper() if isinstance(value, str) else value
 
 
 def default_home() -> Path:
@@ -91,7 +104,7 @@ class Settings(BaseSettings):
     image_cache_dir: Path | None = Field(None, description="Persist image embeddings here")
     system_prompt: str | None = None
     default_prompt: str = DEFAULT_PROMPT
-    max_tokens: int = Field(256, ge=1, le=8192)
+    max_tokens: int = Field(256, ge=1, le=MAX_TOKENS_LIMIT)
     task_timeout_s: float = Field(
         600.0, gt=0, description="Wall-clock limit of one caption in the engine process"
     )
@@ -103,7 +116,7 @@ class Settings(BaseSettings):
     queue_size: int = Field(64, ge=1)
     sync_timeout_s: float = Field(120.0, gt=0)
     max_body_bytes: int = Field(48 * 1024 * 1024, gt=0)
-    result_ttl_s: int = Field(24 * 3600, ge=60)
+    result_ttl_s: int = Field(24 * 3600, ge=60, le=MAX_TTL_S)
     upload_retention_days: int = Field(30, ge=1)
     cost_per_second: float = Field(0.0002, ge=0, description="USD per compute second")
     webhook_retries: int = Field(5, ge=0, le=20)
@@ -123,6 +136,14 @@ class Settings(BaseSettings):
     upload_quota_bytes_per_key: int = Field(1 << 30, gt=0, description="Stored uploads per key")
     upload_quota_bytes_total: int = Field(8 << 30, gt=0, description="Stored uploads, all keys")
 
+    # Logging (the server and its engine process; see edgecap.logs)
+    log_level: Annotated[LogLevel, BeforeValidator(_upper)] = "INFO"
+    log_format: LogFormat = Field("text", description="text, or json: one JSON object a line")
+
+    def system_prompt_for(self, asked: str | None) -> str | None:
+        """The system prompt a request gets: its own, else the server's (may be None)."""
+        return asked or self.system_prompt
+
     @property
     def models_dir(self) -> Path:
         return self.home / "models"
@@ -134,6 +155,12 @@ class Settings(BaseSettings):
     @property
     def uploads_dir(self) -> Path:
         return self.home / "uploads"
+
+
+def default_of(name: str) -> Any:
+    """The default of the setting ``name`` (for help texts that state it)."""
+    info = Settings.model_fields[name]
+    return info.get_default(call_default_factory=True)
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -87,6 +87,10 @@ class CaptionResult:
     def compute_seconds(self) -> float:
         return sum(self.timings.values())
 
+    def __str__(self) -> str:
+        """The caption itself, so ``print(edgecap.caption(...))`` prints it (repr has it all)."""
+        return self.text
+
 
 @dataclass(frozen=True)
 class ModelFiles:

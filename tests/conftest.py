@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from edgecap.convert import convert
 from edgecap.records import ModelFiles
-from tools.convert import convert
-from tools.make_tiny_model import make_checkpoint
+from edgecap.tiny import make_checkpoint
 
 # -- isolation -------------------------------------------------------------------------------
 
@@ -22,7 +22,7 @@ def edgecap_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
     return home
 
 
-# -- the tiny checkpoint (tools/make_tiny_model.py) ------------------------------------------
+# -- the tiny checkpoint (edgecap.tiny) ------------------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +31,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_checkpoint(tmp_path_factory.mktemp("tiny") / "hf", "tiny", seed=0)
 
 
-# -- the tiny model as GGUF (tools/convert.py) -------------------------------------------------
+# -- the tiny model as GGUF (edgecap.convert) -------------------------------------------------
 
 
 @pytest.fixture(scope="session")

@@ -341,7 +341,7 @@ def test_health_readiness_metrics_and_docs(server: LiveServer) -> None:
     # The fake engine's encode takes exactly 1 s: every task sits in the le="1" bucket.
     encodes = re.search(r'edgecap_stage_seconds_count\{stage="encode"\} (\d+)', metrics)
     assert encodes and int(encodes[1]) >= 1
-    for le in ("1", "+Inf"):
+    for le in ("1.0", "+Inf"):  # prometheus-client writes bounds as floats
         assert f'edgecap_stage_seconds_bucket{{le="{le}",stage="encode"}} {encodes[1]}.0' in metrics
     assert httpx.get(f"{root}/docs").status_code == 200
     schemas = httpx.get(f"{root}/openapi.json").json()["components"]["schemas"]

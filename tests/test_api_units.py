@@ -14,9 +14,15 @@ from test_tasks import FakeClock
 
 from edgecap.cli import main
 from edgecap.config import Settings
-from edgecap.errors import AuthError, InvalidInputImage, InvalidParameter
+from edgecap.errors import (
+    AuthError,
+    InvalidInputImage,
+    InvalidParameter,
+    MediaNotFound,
+    MissingApiKey,
+)
+from edgecap.inputs import images
 from edgecap.server.auth import ApiKeys, bearer_key, check_bind, is_loopback, load_key_file
-from edgecap.server.errors import MediaNotFound, MissingApiKey
 from edgecap.server.jobs import fingerprint, job_uuids, storable_task
 from edgecap.server.uploads import UploadStore, is_media_uuid, wire_image
 
@@ -157,10 +163,23 @@ def test_upload_errors_name_the_image_parameter(settings: Settings) -> None:
     assert caught.value.parameter == "image"
 
 
-@pytest.mark.parametrize("text", ["/etc/hostname", "-", "../secret", "a b c"])
+@pytest.mark.parametrize("text", ["/etc/hostname", "-", "../secret", "photo.jpg"])
 def test_wire_images_never_read_files_or_stdin(settings: Settings, text: str) -> None:
-    with pytest.raises(InvalidInputImage, match="neither a URL, a data URI nor valid base64"):
+    with pytest.raises(InvalidInputImage, match=r"The image is not valid base64.*data:image"):
         wire_image(text, settings)
+
+
+def test_wire_images_follow_the_cli_base64_rule(settings: Settings) -> None:
+    """One rule for CLI and server: URL-safe alphabet, wrapped lines and no padding decode;
+    a mix of the two alphabets does not."""
+    data = b"\xfb\xff\xbf" * 4 + b"\x00"  # standard "+/+/+/+/+/+/+/+/AA==", URL-safe "-_-_..."
+    wrapped = "-_-_-_-_\n-_-_-_-_\r\n AA"  # URL-safe, wrapped, unpadded
+    assert wire_image(wrapped, settings) == data
+    assert images.read_source(wrapped, settings).data == data
+    mixed = "+/+/-_-_-_-_-_-_AA=="
+    for reader in (lambda t: wire_image(t, settings), lambda t: images.read_source(t, settings)):
+        with pytest.raises(InvalidInputImage, match=r"not .*base64"):  # the CLI: "... or base64"
+            reader(mixed)
 
 
 def test_wire_images_pass_urls_and_data_uris_and_decode_base64(settings: Settings) -> None:

@@ -28,8 +28,8 @@ from edgecap.batch import (
 )
 from edgecap.config import Settings, load_settings
 from edgecap.errors import ContextOverflow, EdgecapError, InvalidParameter, MissingInputImage
-from edgecap.records import CaptionRequest, CaptionResult, Sampling, TokenPiece
 from edgecap.protocol import result_item
+from edgecap.records import CaptionRequest, CaptionResult, Sampling, TokenPiece
 
 FAKE_TIMINGS = {"load_image": 0.5, "encode": 1.0, "prefill": 0.25, "generate": 0.25}  # 2 s
 

@@ -1,6 +1,7 @@
-"""tools/convert.py: the GGUF pair it writes from the tiny checkpoint (keys, tensors, values),
-the checkpoint layouts it accepts, its errors on bad checkpoints, and that llama.cpp loads the
-result. Checkpoint tensors are read with safetensors/torch here, independently of the converter."""
+"""edgecap.convert (and tools/convert.py): the GGUF pair it writes from the tiny checkpoint
+(keys, tensors, values), the checkpoint layouts it accepts, its errors on bad checkpoints, and
+that llama.cpp loads the result. Checkpoint tensors are read with safetensors/torch here,
+independently of the converter."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from gguf import GGMLQuantizationType, TokenType
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-import tools.convert
-from edgecap.errors import ConversionError
+import edgecap.convert.converter
+from edgecap.convert import convert
 from edgecap.engine.gguf_check import (
     check_mmproj,
     check_pair,
@@ -27,8 +28,10 @@ from edgecap.engine.gguf_check import (
     read_header,
     text_tensor_names,
 )
-from tools.convert import convert, main
-from tools.make_tiny_model import CHAT_TEMPLATE, PRESETS, make_checkpoint
+from edgecap.errors import ConversionError
+from edgecap.tiny import PRESETS, make_checkpoint
+from edgecap.tiny.tokenizer import CHAT_TEMPLATE
+from tools.convert import main
 
 TINY = PRESETS["tiny"]
 REPO = Path(__file__).resolve().parent.parent
@@ -429,7 +432,7 @@ def test_interrupted_conversion_leaves_no_file(
     tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = 0
-    real_encode = tools.convert.encode
+    real_encode = edgecap.convert.converter.encode
 
     def encode_then_interrupt(block: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
         nonlocal calls
@@ -438,7 +441,7 @@ def test_interrupted_conversion_leaves_no_file(
             raise KeyboardInterrupt
         return real_encode(block, qtype)
 
-    monkeypatch.setattr(tools.convert, "encode", encode_then_interrupt)
+    monkeypatch.setattr(edgecap.convert.converter, "encode", encode_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         convert(tiny_checkpoint, tmp_path, "f16", progress=False)
     assert calls == 60

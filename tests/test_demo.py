@@ -10,10 +10,10 @@ import pytest
 from test_batch import FakeEngine
 from test_cli_caption import register
 
+import edgecap.tiny
 from edgecap.cli import caption as caption_cmd
 from edgecap.cli import demo, main
 from edgecap.config import Settings, load_settings
-from edgecap.errors import ModelNotReady
 from edgecap.records import ModelFiles
 from edgecap.registry import Registry, load_catalog
 
@@ -93,31 +93,21 @@ def test_a_real_model_is_used_when_installed(
     assert not (edgecap_home / "demo").exists()
 
 
-def test_built_files_are_reused_without_the_tools(
+def test_built_files_are_reused_without_building(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dest = tmp_path / "demo" / "edgecap-tiny-random"
     dest.mkdir(parents=True)
     for name in ("edgecap-tiny-random.gguf", "mmproj-edgecap-tiny-random.gguf"):
         (dest / name).write_bytes(b"gguf")
-    monkeypatch.setattr(demo, "TOOLS_DIR", tmp_path / "no-tools")
+
+    def no_build(*args: object, **kwargs: object) -> Path:
+        raise AssertionError("the demo model was built again")
+
+    monkeypatch.setattr(edgecap.tiny, "make_checkpoint", no_build)
     assert demo.build_demo_files(dest) == (
         dest / "edgecap-tiny-random.gguf",
         dest / "mmproj-edgecap-tiny-random.gguf",
-    )
-
-
-def test_without_the_source_tree_the_error_says_what_to_do(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(demo, "TOOLS_DIR", tmp_path / "no-tools")
-    with pytest.raises(ModelNotReady) as caught:
-        demo.build_demo_files(tmp_path / "dest")
-    assert caught.value.message == (
-        "Building the demo model needs tools/make_tiny_model.py from edgecap's source tree, and "
-        f"this installation has none (looked in {tmp_path / 'no-tools'}). Run `make demo` in a "
-        "checkout of edgecap, or install the real model: `edgecap models pull "
-        "qwen2.5-vl-7b-instruct`."
     )
 
 

@@ -15,6 +15,7 @@ from PIL import Image
 
 from edgecap.config import Settings
 from edgecap.engine.engine import Engine
+from edgecap.engine.sampling import LoopGuard
 from edgecap.errors import ContextOverflow, ModelError
 from edgecap.inputs.images import load_image
 from edgecap.records import (
@@ -25,7 +26,6 @@ from edgecap.records import (
     Sampling,
     TokenPiece,
 )
-from edgecap.engine.sampling import LoopGuard
 
 
 def picture(width: int, height: int, seed: int) -> bytes:

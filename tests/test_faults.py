@@ -27,7 +27,7 @@ from test_delivery import Receiver
 
 from edgecap.records import ModelFiles
 
-WAIT_S = 240.0
+WAIT_S = 600.0  # generous: the CI box is small and shared
 DRAIN_BOUND_S = 30.0  # SIGTERM to exit (uvicorn's 5 s grace + stopping the engine)
 IMAGE = b64(png_bytes(64, 48))
 
@@ -88,14 +88,15 @@ def test_the_engine_killed_mid_caption_is_retried_and_succeeds_once(home: Path) 
             "taskType": "caption",
             "taskUUID": str(uuid.uuid4()),
             "inputs": {"image": IMAGE},
-            "maxTokens": 3000,  # long enough to be killed in the middle of it
+            "maxTokens": 400,  # long enough to be killed in the middle of it
             "deliveryMethod": "async",
         }
         assert post(server, [task]).status_code == 200
         assert server.process is not None
         engines = children_of(server.process.pid)
         assert engines, "no engine process"
-        time.sleep(1.0)  # let it start generating
+        time.sleep(0.5)  # let it start generating
+        assert result_of(server, task["taskUUID"])["data"][0]["status"] == "processing"
         for pid in engines:
             os.kill(pid, signal.SIGKILL)
         wait_until(lambda: finished(result_of(server, task["taskUUID"])), "the retried task")
@@ -159,7 +160,7 @@ def test_sigterm_drains_within_a_bound(home: Path) -> None:
         "taskType": "caption",
         "taskUUID": str(uuid.uuid4()),
         "inputs": {"image": IMAGE},
-        "maxTokens": 3000,
+        "maxTokens": 400,
         "deliveryMethod": "async",
     }
     assert post(server, [task]).status_code == 200

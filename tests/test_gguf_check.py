@@ -1,5 +1,5 @@
-"""edgecap.engine.gguf_check: the header reader (against the gguf package's reader), and each check on
-small synthetic GGUF files with one thing wrong, plus truncated and foreign files."""
+"""edgecap.engine.gguf_check: the header reader (against the gguf package's reader), and each
+check on small synthetic GGUF files with one thing wrong, plus truncated and foreign files."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from gguf import GGUFReader, GGUFValueType, GGUFWriter
 
-from edgecap.errors import ModelError
 from edgecap.engine.gguf_check import (
     check_mmproj,
     check_pair,
@@ -20,6 +19,7 @@ from edgecap.engine.gguf_check import (
     read_header,
     text_tensor_names,
 )
+from edgecap.errors import ModelError
 
 N_EMBD, N_VOCAB = 8, 16
 TEXT_META: dict[str, Any] = {

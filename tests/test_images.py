@@ -366,7 +366,7 @@ def test_exif_orientation_is_applied(settings: Settings, orientation: int) -> No
     ("size", "max_tokens", "expected"),
     [
         # (width, height), max tokens -> (width, height, tokens); checked against transformers
-        # below, and matching spec/qwen25vl-gguf.md.
+        # below, and matching docs/qwen25vl-gguf.md.
         ((1024, 768), 4096, (1036, 756, 999)),
         ((1024, 768), 1024, (1036, 756, 999)),
         ((4000, 3000), 4096, (2044, 1540, 4015)),

@@ -29,10 +29,10 @@ import pytest
 from pictures import png_bytes, synthetic_photo
 
 from edgecap.config import Settings
+from edgecap.convert import quantize
 from edgecap.engine.engine import Engine
 from edgecap.inputs.images import load_image
 from edgecap.records import CaptionRequest, ModelFiles, Sampling
-from tools.quantize import quantize
 
 # (id, prompt, image size or None). Sizes are multiples of 28 so nothing is resized.
 PROMPTS = [

@@ -1,5 +1,6 @@
-"""tools/quantize.py: quantized tiny models that llama.cpp loads, the type rules for text models
-and projectors, and clear errors on wrong inputs. (Logit-level parity is tests/test_parity.py's.)"""
+"""edgecap.convert.quantize (and tools/quantize.py): quantized tiny models that llama.cpp loads,
+the type rules for text models and projectors, and clear errors on wrong inputs. (Logit-level
+parity is tests/test_parity.py's.)"""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType, GGUFValueType
 
-from edgecap.errors import ConversionError
+from edgecap.convert.quantizer import QUANT_TYPES, default_output, quantize
 from edgecap.engine.gguf_check import check_mmproj, check_pair, read_header
-from tools.quantize import QUANT_TYPES, default_output, main, quantize
+from edgecap.errors import ConversionError
+from tools.quantize import main
 
 REPO = Path(__file__).resolve().parent.parent
 llama_cpp = pytest.importorskip("llama_cpp")

@@ -191,8 +191,8 @@ def gets(mirror: HubMirror) -> list[str]:
 
 
 def test_shipped_catalog_has_one_source_of_truth() -> None:
-    shipped = REPO_ROOT / "edgecap" / "data" / "manifest.json"
-    assert (REPO_ROOT / "models" / "manifest.json").read_bytes() == shipped.read_bytes()
+    assert (REPO_ROOT / "edgecap" / "data" / "manifest.json").is_file()
+    assert not (REPO_ROOT / "models" / "manifest.json").exists()  # no copy to drift
 
 
 def test_shipped_catalog_names_the_qwen_models() -> None:

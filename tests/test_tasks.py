@@ -9,18 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from edgecap.errors import EdgecapError, NotFound
+from edgecap.config import MAX_TTL_S
+from edgecap.errors import EdgecapError, NotFound, TaskExpired
 from edgecap.records import CaptionRequest, LoadedImage, Sampling
-from edgecap.runtime.tasks import (
-    MAX_TTL_S,
-    MIGRATIONS,
-    TOMBSTONE_SECONDS,
-    CaptionJob,
-    Outgoing,
-    TaskExpired,
-    TaskStore,
-    migrate,
-)
+from edgecap.runtime.migrations import MIGRATIONS, migrate
+from edgecap.runtime.tasks import TOMBSTONE_SECONDS, CaptionJob, Outgoing, TaskStore
 
 
 class FakeClock:

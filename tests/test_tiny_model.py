@@ -1,5 +1,6 @@
-"""tools/make_tiny_model.py: determinism, layout, sharding, and that Hugging Face transformers
-4.57.1 loads the checkpoint, its config and its tokenizer exactly as it loads the real release."""
+"""edgecap.tiny (and tools/make_tiny_model.py): determinism, layout, sharding, and that Hugging
+Face transformers 4.57.1 loads the checkpoint, its config and its tokenizer exactly as it loads
+the real release."""
 
 from __future__ import annotations
 
@@ -14,19 +15,12 @@ import pytest
 from safetensors.numpy import load_file
 
 from edgecap.errors import InvalidParameter
-from tools.make_tiny_model import (
-    ADDED_TOKENS,
-    DEFAULT_SHARD_SIZE,
-    PRESETS,
-    VOCAB_END,
-    main,
-    make_checkpoint,
-    make_config,
-    parse_size,
-    plan_shards,
-    resolve_preset,
-    tensor_specs,
-)
+from edgecap.tiny import DEFAULT_SHARD_SIZE, PRESETS, make_checkpoint, resolve_preset
+from edgecap.tiny.presets import make_config
+from edgecap.tiny.tensors import tensor_specs
+from edgecap.tiny.tokenizer import ADDED_TOKENS, VOCAB_END
+from edgecap.tiny.writer import plan_shards
+from tools.make_tiny_model import main, parse_size
 
 SPECIAL_IDS = {content: 151643 + offset for offset, content in enumerate(ADDED_TOKENS)}
 

@@ -27,7 +27,7 @@ from llama_cpp._internals import LlamaModel
 from edgecap.config import Settings
 from edgecap.engine.engine import Engine
 from edgecap.records import ModelFiles
-from tools.make_tiny_model import bytes_to_unicode
+from edgecap.tiny.tokenizer import bytes_to_unicode
 
 tokenizers = pytest.importorskip("tokenizers")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from edgecap.errors import EdgecapError, UnknownModel
+from edgecap.errors import ContextOverflow, EdgecapError, UnknownModel
 from edgecap.records import CaptionRequest, CaptionResult
 from edgecap.runtime.worker import (
     Worker,
@@ -34,7 +34,8 @@ class ScriptedEngine:
     """Duck of edgecap.engine.engine.Engine. The prompt picks the behaviour:
 
     ``abort`` calls os.abort(); ``abort-once:<path>`` aborts unless <path> exists (and creates
-    it); ``invalid`` raises an EdgecapError; ``bug`` raises a plain exception; ``sleep:<s>``
+    it); ``invalid`` raises an EdgecapError; ``overflow`` a ContextOverflow (a subclass);
+    ``bug`` raises a plain exception; ``sleep:<s>``
     sleeps; anything else is captioned as ``"<model id> saw <prompt>"``.
     """
 
@@ -55,6 +56,8 @@ class ScriptedEngine:
             raise EdgecapError(
                 "too big", code="invalidParameter", status=400, parameter="maxPixels", max=9
             )
+        if command == "overflow":
+            raise ContextOverflow("too long", parameter="maxTokens", limit=4096)
         if command == "bug":
             raise ZeroDivisionError("division by zero")
         if command == "sleep":
@@ -128,17 +131,33 @@ def test_captions_in_a_child_process_that_loaded_the_default_model(
     assert factory.lines("load") == ["None"]
 
 
-def test_errors_cross_the_process_boundary_as_values(worker: Worker) -> None:
+@pytest.mark.parametrize(
+    ("prompt", "cls", "fields"),
+    [
+        (
+            "invalid",
+            EdgecapError,
+            {"code": "invalidParameter", "message": "too big", "parameter": "maxPixels", "max": 9},
+        ),
+        (
+            "overflow",
+            ContextOverflow,
+            {"code": "invalidParameter", "message": "too long", "parameter": "maxTokens"}
+            | {"limit": 4096},
+        ),
+    ],
+)
+def test_errors_cross_the_process_boundary_as_values_of_their_own_class(
+    worker: Worker, prompt: str, cls: type[EdgecapError], fields: dict[str, object]
+) -> None:
     with pytest.raises(EdgecapError) as caught:
-        worker.run(caption_item("invalid"))
-    assert caught.value.to_dict() == {
-        "code": "invalidParameter",
-        "message": "too big",
-        "parameter": "maxPixels",
-        "max": 9,
-    }
+        worker.run(caption_item(prompt))
+    assert type(caught.value) is cls  # the subclass itself, restored in the parent
+    assert caught.value.to_dict() == fields
     assert caught.value.status == 400
 
+
+def test_a_plain_exception_in_the_engine_is_an_inference_error(worker: Worker) -> None:
     with pytest.raises(EdgecapError) as caught:
         worker.run(caption_item("bug"))
     assert caught.value.code == "inferenceError"
@@ -155,6 +174,7 @@ def test_another_model_replaces_the_loaded_one_and_load_errors_are_values(
     with pytest.raises(EdgecapError) as caught:
         worker.run(caption_item("hi", model="missing"))
     assert caught.value.code == "unknownModel"
+    assert type(caught.value) is UnknownModel  # the class itself, restored in the parent
     assert factory.lines("load") == ["None", "small"]
 
 

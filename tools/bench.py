@@ -3,8 +3,8 @@
     python tools/bench.py [--workdir build/bench] [--text-layers 2] [--vision-blocks 8]
                           [--text-type Q4_K_M] [--mmproj-type bf16] [--width 1036 --height 756]
 
-Builds the ``bench`` preset (real 7B widths, few layers) with tools/make_tiny_model.py, converts
-and quantizes it with our own tools (cached in --workdir), then captions one synthetic image twice
+Builds the ``bench`` preset (real 7B widths, few layers) with edgecap.tiny, converts and
+quantizes it with edgecap.convert (cached in --workdir), then captions one synthetic image twice
 — the second time the same image with a new prompt, which the image cache should serve — and
 prints per-stage timings as JSON. Weights are random: this measures speed, not quality.
 """
@@ -21,12 +21,11 @@ import numpy as np
 from PIL import Image
 
 from edgecap.config import Settings
+from edgecap.convert import convert, quantize
 from edgecap.engine.engine import Engine
 from edgecap.inputs.images import load_image
 from edgecap.records import CaptionRequest, ModelFiles, Sampling
-from tools.convert import convert
-from tools.make_tiny_model import make_checkpoint
-from tools.quantize import quantize
+from edgecap.tiny import make_checkpoint
 
 
 def build_model(workdir: Path, args: argparse.Namespace) -> ModelFiles:

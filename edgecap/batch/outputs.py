@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from edgecap.errors import EdgecapError
+from edgecap.fsutil import write_text_atomic
 
 JOURNAL_NAME = "batch-journal.jsonl"  # under the edgecap home unless a run names its own
 TAIL_CHUNK = 64 * 1024
@@ -82,32 +83,12 @@ def _cut_torn_line(file: IO[bytes]) -> None:
     file.seek(0, os.SEEK_END)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file renamed over it, fsynced."""
-    tmp = path.with_name(f".{path.name}.partial")
+def write_sidecar(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (:mod:`edgecap.fsutil`); an error says the fix."""
     try:
-        with tmp.open("w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_text_atomic(path, text)
     except OSError as exc:
         raise EdgecapError(
             f"Could not write the sidecar {path} ({exc.strerror or exc}): check the folder's "
             "permissions and the free disk space."
         ) from exc
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable on POSIX; directories cannot be opened so on Windows.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

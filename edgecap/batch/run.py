@@ -19,14 +19,14 @@ from typing import Protocol
 
 from edgecap.batch.options import CaptionOptions, RunOptions
 from edgecap.batch.outcomes import Captioned, Failed, Outcome, Skipped, Summary
-from edgecap.batch.outputs import JOURNAL_NAME, LineFile, write_atomic
+from edgecap.batch.outputs import JOURNAL_NAME, LineFile, write_sidecar
 from edgecap.batch.sources import ImageItem
 from edgecap.config import Settings
 from edgecap.errors import EdgecapError, InvalidParameter
 from edgecap.inputs.images import load_image, pixel_budget
+from edgecap.protocol import result_item
 from edgecap.records import CaptionRequest, CaptionResult, LoadedImage, TokenPiece
 from edgecap.registry.digests import sha256_file
-from edgecap.protocol import result_item
 
 DONE_BEFORE = "done in an earlier run"
 
@@ -133,7 +133,7 @@ class _Batch:
         job = {
             "model": self.engine.model_id,
             "prompt": self.options.prompt,
-            "system": self.options.system_prompt or self.settings.system_prompt,
+            "system": self.settings.system_prompt_for(self.options.system_prompt),
             "sampling": asdict(self.options.sampling),
             "json_schema": self.options.json_schema,
             "pixels": [low, high],
@@ -258,7 +258,7 @@ class _Batch:
     def _store(self, captioned: Captioned, keys: tuple[str, ...]) -> None:
         """Write the outputs durably, then (and only then) journal the image as done."""
         if self.run.sidecars and captioned.image.sidecar is not None:
-            write_atomic(captioned.image.sidecar, captioned.result.text)
+            write_sidecar(captioned.image.sidecar, captioned.result.text)
         if self.results is not None:
             self.results.append(captioned.record())
         if self.journal is not None:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from edgecap import __version__
 from edgecap.errors import EdgecapError
+from edgecap.logs import LOG_LEVELS, configure_logging
 
 # Subcommand modules, in the order ``--help`` lists them.
 SUBCOMMANDS = ("caption", "serve", "models", "doctor", "demo")
@@ -24,6 +25,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="edgecap", description="Offline image captioning with Qwen2.5-VL on llama.cpp."
     )
     parser.add_argument("--version", action="version", version=f"edgecap {__version__}")
+    parser.add_argument(
+        "--log-level",
+        dest="global_log_level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="log edgecap's own messages to stderr at this level (serve: see its --log-level)",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in SUBCOMMANDS:
         importlib.import_module(f"edgecap.cli.{name}").add_parser(subparsers)
@@ -32,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.global_log_level is not None:
+        configure_logging(args.global_log_level)
     try:
         return int(args.func(args) or 0)
     except EdgecapError as exc:

@@ -27,14 +27,25 @@ from edgecap.batch import (
 )
 from edgecap.cli.render import OUTPUT_FORMATS, OutputFormat, Renderer, random_weights_notice, say
 from edgecap.config import (
-    DEFAULT_MAX_PIXELS,
-    DEFAULT_MIN_PIXELS,
+    MAX_SEED,
+    MAX_TEMPERATURE,
+    MAX_TOKENS_LIMIT,
     PIXELS_PER_TOKEN,
     Settings,
+    default_of,
     load_settings,
 )
 from edgecap.records import ModelFiles, Sampling
 from edgecap.registry import Registry
+
+SAMPLING_DEFAULTS = Sampling()  # what the sampling flags default to
+# The sampling flags: flag (its Sampling field), type, bounds, metavar, what it does.
+SAMPLING_FLAGS: tuple[tuple[str, Callable[[str], float], float, float, str | None, str], ...] = (
+    ("--temperature", float, 0.0, MAX_TEMPERATURE, "T", "0 picks the likeliest token every time"),
+    ("--top-p", float, 0.0, 1.0, "P", "nucleus sampling; 1 is off"),
+    ("--top-k", int, 0, 1000, "K", "sample from the K likeliest tokens; 0 is off"),
+    ("--seed", int, 0, MAX_SEED, None, "sampling seed"),
+)
 
 
 class ClosableEngine(StreamingEngine, Protocol):
@@ -50,12 +61,15 @@ def open_engine(model: ModelFiles, settings: Settings) -> ClosableEngine:
     return LlamaEngine(model, settings)
 
 
-def resolve_model(settings: Settings, name: str | None) -> ModelFiles:
-    """The model files a name means (None: the default), saying so when weights are random."""
+def resolve_model(
+    settings: Settings, name: str | None, *, tell: Callable[[str], object] = say
+) -> ModelFiles:
+    """The model files a name means (None: the default), telling ``tell`` (default: stderr)
+    when the weights are random."""
     registry = Registry(settings)
     model = registry.resolve(name)
     if model.random_weights:
-        say(random_weights_notice(model.id, registry.catalog.default))
+        tell(random_weights_notice(model.id, registry.catalog.default))
     return model
 
 
@@ -96,37 +110,30 @@ def add_parser(subparsers: Any) -> None:
     gen.add_argument("--model", help="model name, alias or AIR id (default: the default model)")
     gen.add_argument(
         "--max-tokens",
-        type=bounded(int, 1, 8192),
+        type=bounded(int, 1, MAX_TOKENS_LIMIT),
         metavar="N",
-        help="longest answer, in tokens (default 256, EDGECAP_MAX_TOKENS)",
+        help=f"longest answer, in tokens (default {default_of('max_tokens')}, EDGECAP_MAX_TOKENS)",
     )
-    gen.add_argument(
-        "--temperature",
-        type=bounded(float, 0.0, 2.0),
-        default=0.0,
-        metavar="T",
-        help="0 picks the likeliest token every time (default)",
-    )
-    gen.add_argument(
-        "--top-p", type=bounded(float, 0.0, 1.0), default=1.0, metavar="P", help="default 1 (off)"
-    )
-    gen.add_argument(
-        "--top-k", type=bounded(int, 0, 1000), default=0, metavar="K", help="default 0 (off)"
-    )
-    gen.add_argument(
-        "--seed", type=bounded(int, 0, 2**32 - 1), default=0, help="sampling seed (default 0)"
-    )
+    for flag, kind, low, high, metavar, what in SAMPLING_FLAGS:
+        default = getattr(SAMPLING_DEFAULTS, flag[2:].replace("-", "_"))
+        gen.add_argument(
+            flag,
+            type=bounded(kind, low, high),
+            default=default,
+            metavar=metavar,
+            help=f"{what} (default {default:g})",
+        )
     gen.add_argument(
         "--max-pixels",
         type=bounded(int, PIXELS_PER_TOKEN, None),
         metavar="N",
-        help=f"image budget: shrink images above N pixels (default {DEFAULT_MAX_PIXELS})",
+        help=f"image budget: shrink images above N pixels (default {default_of('max_pixels')})",
     )
     gen.add_argument(
         "--min-pixels",
         type=bounded(int, PIXELS_PER_TOKEN, None),
         metavar="N",
-        help=f"enlarge images below N pixels (default {DEFAULT_MIN_PIXELS})",
+        help=f"enlarge images below N pixels (default {default_of('min_pixels')})",
     )
     gen.add_argument(
         "--threads", type=bounded(int, 1, 1024), metavar="N", help="default: physical cores"

@@ -1,28 +1,22 @@
 """``edgecap demo`` (``make demo``): caption the bundled sample image, on any fresh machine.
 
 With a real model installed, the demo uses it. Otherwise it builds the tiny demo model
-(:data:`DEMO_MODEL`: the ``tiny`` Qwen2.5-VL checkpoint of ``tools/make_tiny_model.py`` with
-seeded random weights, converted by ``tools/convert.py``), registers it, and captions with
+(:data:`DEMO_MODEL`: the ``tiny`` Qwen2.5-VL checkpoint of :mod:`edgecap.tiny` with seeded
+random weights, converted by :func:`edgecap.convert.convert`), registers it, and captions with
 that — proving the whole path runs, with a caption that is noise, as it says on stderr. The
-built model is kept under ``$EDGECAP_HOME/demo/``, so a second run starts at once.
-
-The builders live in the source tree's ``tools/`` package, which is not installed: the demo
-imports them from the checkout that edgecap runs from (``make demo`` installs edgecap
-editable from it).
+built model is kept under ``$EDGECAP_HOME/demo/``, so a second run starts at once. Both
+builders are part of the package, so the demo works from an installed wheel.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import os
 import sys
 import tempfile
 import time
 from importlib import resources
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import edgecap
@@ -38,7 +32,6 @@ DEMO_MODEL = "edgecap-tiny-random"  # its catalog entry: edgecap/data/manifest.j
 DEMO_SEED = 0
 DEMO_OUTTYPE = "f32"  # the tiny model is a few MB: keep the weights exactly as generated
 NOISE_MAX_TOKENS = 32  # random weights caption noise: a line of it is enough to show it runs
-TOOLS_DIR = Path(edgecap.__file__).resolve().parent.parent / "tools"
 
 
 def add_parser(subparsers: Any) -> None:
@@ -102,8 +95,9 @@ def build_demo_files(dest: Path) -> tuple[Path, Path]:
     text, mmproj = dest / f"{DEMO_MODEL}.gguf", dest / f"mmproj-{DEMO_MODEL}.gguf"
     if text.is_file() and mmproj.is_file():
         return text, mmproj
-    make_checkpoint = import_tool("make_tiny_model").make_checkpoint
-    convert = import_tool("convert").convert
+    from edgecap.convert import convert  # numpy, gguf and the tokenizer: only when building
+    from edgecap.tiny import make_checkpoint
+
     say(f"building the demo model {DEMO_MODEL} (random weights; once, a few seconds) ...")
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{DEMO_MODEL}-") as tmp:
@@ -118,32 +112,6 @@ def build_demo_files(dest: Path) -> tuple[Path, Path]:
         os.replace(built_mmproj, mmproj)
         os.replace(built_text, text)  # last: its presence says both are complete
     return text, mmproj
-
-
-def import_tool(name: str) -> ModuleType:
-    """``tools.<name>`` from the source tree edgecap runs from (tools/ is not installed)."""
-    if not (TOOLS_DIR / f"{name}.py").is_file():
-        raise ModelNotReady(
-            f"Building the demo model needs tools/{name}.py from edgecap's source tree, and "
-            f"this installation has none (looked in {TOOLS_DIR}). Run `make demo` in a "
-            "checkout of edgecap, or install the real model: `edgecap models pull "
-            "qwen2.5-vl-7b-instruct`."
-        )
-    loaded = sys.modules.get("tools")
-    if loaded is None:
-        spec = importlib.util.spec_from_file_location(
-            "tools", TOOLS_DIR / "__init__.py", submodule_search_locations=[str(TOOLS_DIR)]
-        )
-        assert spec is not None and spec.loader is not None
-        loaded = importlib.util.module_from_spec(spec)
-        sys.modules["tools"] = loaded
-        spec.loader.exec_module(loaded)
-    if TOOLS_DIR not in {Path(p).resolve() for p in getattr(loaded, "__path__", [])}:
-        raise ModelNotReady(
-            f"Another module named 'tools' ({loaded!r}) hides edgecap's {TOOLS_DIR}: "
-            "run the demo from a virtual environment without it."
-        )
-    return importlib.import_module(f"tools.{name}")
 
 
 def caption_sample(

@@ -22,12 +22,12 @@ from edgecap import __version__
 from edgecap.cli.demo import DEMO_MODEL, caption_sample
 from edgecap.cli.render import to_json
 from edgecap.config import Settings, load_settings
-from edgecap.errors import EdgecapError, ModelNotReady
 from edgecap.engine.hardware import physical_cores
+from edgecap.errors import EdgecapError, ModelNotReady
 from edgecap.registry import Registry
 
 Status = Literal["ok", "warn", "fail", "skip"]
-PINNED_LLAMA_CPP_PYTHON = "0.3.36"  # the version spec/qwen25vl-gguf.md was checked against
+PINNED_LLAMA_CPP_PYTHON = "0.3.36"  # the version docs/qwen25vl-gguf.md was checked against
 SMOKE_MAX_TOKENS = 8
 # SIMD features that matter for llama.cpp's CPU speed, in the order to show them.
 SIMD_FEATURES = (

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 from typing import Any
 
 from edgecap.cli.caption import resolve_model
-from edgecap.config import load_settings
+from edgecap.config import default_of, load_settings
+from edgecap.logs import LOG_FORMATS, LOG_LEVELS, LogSetup
 from edgecap.server import serve
 from edgecap.server.auth import ApiKeys, check_bind, load_key_file
+
+logger = logging.getLogger(__name__)
 
 
 def add_parser(subparsers: Any) -> None:
@@ -20,8 +24,14 @@ def add_parser(subparsers: Any) -> None:
         description="Serve the Runware-compatible caption API: POST /v1, WebSocket /v1, "
         "/docs, /healthz, /readyz, /metrics. See docs/api.md.",
     )
-    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=port_number, help="port to listen on (default 8080)")
+    parser.add_argument(
+        "--host", help=f"address to listen on (default {default_of('host')}, EDGECAP_HOST)"
+    )
+    parser.add_argument(
+        "--port",
+        type=port_number,
+        help=f"port to listen on (default {default_of('port')}, EDGECAP_PORT)",
+    )
     parser.add_argument(
         "--api-key",
         action="append",
@@ -44,6 +54,19 @@ def add_parser(subparsers: Any) -> None:
         "--allow-unauthenticated-public-bind",
         action="store_true",
         help="listen on a non-loopback address without an API key (dangerous)",
+    )
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help=f"log this much, in the server and its engine process "
+        f"(default {default_of('log_level')}, EDGECAP_LOG_LEVEL)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        help=f"log lines as text or as JSON objects (default {default_of('log_format')}, "
+        "EDGECAP_LOG_FORMAT)",
     )
     parser.set_defaults(func=run)
 
@@ -74,14 +97,17 @@ def run(args: argparse.Namespace) -> int:
         api_keys=keys or None,
         offline=args.offline,
         model=args.model,
+        log_level=args.log_level or args.global_log_level,
+        log_format=args.log_format,
     )
-    # Refuse a bad bind and a missing model before anything starts; say so when the weights
-    # are the demo model's random ones.
+    LogSetup.of(settings).apply()
+    # Refuse a bad bind and a missing model before anything starts; log a warning when the
+    # weights are the demo model's random ones.
     check_bind(
         settings.host,
         ApiKeys(settings.api_keys),
         allow_unauthenticated=args.allow_unauthenticated_public_bind,
     )
-    resolve_model(settings, settings.model)
+    resolve_model(settings, settings.model, tell=logger.warning)
     serve(settings, allow_unauthenticated_public_bind=args.allow_unauthenticated_public_bind)
     return 0

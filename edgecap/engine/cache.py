@@ -8,14 +8,15 @@ the vision encoder entirely.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
-import os
-import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from edgecap.fsutil import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +79,12 @@ class EmbeddingCache:
 
     def _persist(self, key: EmbeddingKey, value: np.ndarray) -> None:
         assert self.directory is not None
-        fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".partial")
+        buffer = io.BytesIO()
+        np.save(buffer, value, allow_pickle=False)
         try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, value, allow_pickle=False)
-            os.replace(tmp, self.directory / key.filename())
+            write_bytes_atomic(self.directory / key.filename(), buffer.getvalue())
         except OSError as exc:
             log.warning("could not persist image embedding: %s", exc)
-            Path(tmp).unlink(missing_ok=True)
         self._trim_directory()
 
     def _trim_directory(self) -> None:

@@ -1,7 +1,7 @@
 """The captioning engine: one llama.cpp context and one mtmd context, driven token by token.
 
 We own the loop on llama-cpp-python's low-level and mtmd bindings instead of its chat handlers,
-so that (see spec/qwen25vl-gguf.md):
+so that (see docs/qwen25vl-gguf.md):
 
 - the image reaches mtmd as raw RGB already resized to multiples of 28 (no second resize);
 - image embeddings are cached (a new question about the same picture skips the encoder), and
@@ -32,13 +32,14 @@ import llama_cpp.mtmd_cpp as mtmd
 import numpy as np
 from llama_cpp._internals import LlamaContext, LlamaModel
 
+from edgecap.config import PIXELS_PER_TOKEN, Settings
 from edgecap.engine import gguf_check, llama_log
 from edgecap.engine.cache import EmbeddingCache, file_fingerprint
-from edgecap.config import PIXELS_PER_TOKEN, Settings
-from edgecap.errors import ContextOverflow, InferenceError, ModelError
 from edgecap.engine.hardware import detect_backend, physical_cores
 from edgecap.engine.prefill import N_BATCH, PromptEvaluator
 from edgecap.engine.prompt import ChatTemplate
+from edgecap.engine.sampling import LoopGuard, make_grammar, make_sampler
+from edgecap.errors import ContextOverflow, InferenceError, ModelError
 from edgecap.records import (
     CaptionRequest,
     CaptionResult,
@@ -46,7 +47,6 @@ from edgecap.records import (
     ModelFiles,
     TokenPiece,
 )
-from edgecap.engine.sampling import LoopGuard, make_grammar, make_sampler
 
 N_SLOTS = 4  # sequences sharing the context (each keeps its own prefix cache)
 
@@ -202,7 +202,7 @@ class Engine:
     # ------------------------------------------------------------------ generation
 
     def _render(self, request: CaptionRequest) -> str:
-        system = request.system_prompt or self.settings.system_prompt
+        system = self.settings.system_prompt_for(request.system_prompt)
         return self._template.render(
             request.prompt, system_prompt=system, with_image=request.image is not None
         )

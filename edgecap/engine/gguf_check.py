@@ -7,7 +7,7 @@ second even on multi-GB files. Every failure is a ``ModelError`` whose message s
 it. The expected tensor names live here too, so that tools/convert.py writes exactly what these
 checks (and llama.cpp) expect.
 
-References: spec/qwen25vl-gguf.md, llama.cpp ``src/models/qwen2vl.cpp`` and
+References: docs/qwen25vl-gguf.md, llama.cpp ``src/models/qwen2vl.cpp`` and
 ``tools/mtmd/clip.cpp`` (load_hparams, load_tensors).
 """
 

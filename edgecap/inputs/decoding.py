@@ -29,6 +29,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError, features
 
 from edgecap.config import Settings
 from edgecap.errors import InvalidInputImage, RateLimited
+from edgecap.inputs.base64text import sentence_start
 
 # Formats Pillow decodes itself. Everything else Pillow could open (EPS calls Ghostscript,
 # PSD, ICO, ...) is refused: less attack surface, and none of it is a photo format.
@@ -166,11 +167,6 @@ def _upright_size(image: Image.Image, declared: tuple[int, int]) -> tuple[int, i
     """The declared size, turned as the EXIF orientation turns the picture."""
     orientation = image.getexif().get(0x0112, 1)
     return (declared[1], declared[0]) if orientation in (5, 6, 7, 8) else declared
-
-
-def sentence_start(text: str) -> str:
-    """Upper-case the first letter only (``str.capitalize`` would lower-case a file name)."""
-    return text[:1].upper() + text[1:]
 
 
 def open_lazily(encoded: EncodedImage) -> Image.Image:

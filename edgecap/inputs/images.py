@@ -16,8 +16,6 @@ The image is identified by the sha256 of its encoded bytes, never by its path or
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import math
 import re
@@ -31,13 +29,13 @@ from PIL import Image
 from edgecap.config import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, PIXELS_PER_TOKEN, Settings
 from edgecap.errors import InvalidInputImage
 from edgecap.inputs import netguard
+from edgecap.inputs.base64text import decode_base64, too_many_bytes
 from edgecap.inputs.decoding import (
     BUILTIN_FORMATS,
     EncodedImage,
     decode_slot,
     decoded,
     header_pixels,
-    sentence_start,
     supported_formats,
     to_rgb,
 )
@@ -153,7 +151,7 @@ def read_source(
     """The encoded bytes of ``source``, at most ``settings.max_image_bytes`` long.
 
     Strings are told apart in this order: ``"-"`` (stdin), a URL scheme, ``data:``, an existing
-    file, then strict base64. Messages say which kind was assumed.
+    file, then base64 (:mod:`edgecap.inputs.base64text`). Messages say which kind was assumed.
     """
     limit = settings.max_image_bytes
     if isinstance(source, bytes):
@@ -165,7 +163,7 @@ def read_source(
     if source == "-":
         data = (stdin if stdin is not None else sys.stdin.buffer).read(limit + 1)
         if len(data) > limit:  # only read one byte past the limit: the real size is unknown
-            raise _too_many_bytes("stdin", None, limit)
+            raise too_many_bytes("stdin", None, limit)
         return EncodedImage(data, "stdin")
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", source):
         data = netguard.fetch(source, settings, max_bytes=limit)
@@ -182,7 +180,7 @@ def _read_file(path: Path, limit: int) -> EncodedImage:
     try:
         size = path.stat().st_size
         if size > limit:
-            raise _too_many_bytes(described, size, limit)
+            raise too_many_bytes(described, size, limit)
         return EncodedImage(path.read_bytes(), described)
     except FileNotFoundError as exc:
         raise InvalidInputImage(f"No such file: '{path}'. Check the path.") from exc
@@ -205,12 +203,12 @@ def _decode_data_uri(uri: str, limit: int) -> bytes:
         raise InvalidInputImage(
             "The data URI is not base64-encoded; send it as data:image/png;base64,<data>."
         )
-    return _b64decode(payload, limit, "the data URI")
+    return decode_base64(payload, limit, "the data URI")
 
 
 def _decode_plain_base64(text: str, limit: int) -> bytes:
     try:
-        return _b64decode(text, limit, BASE64_TEXT)
+        return decode_base64(text, limit, BASE64_TEXT)
     except InvalidInputImage:
         looks_like_path = len(text) < 1024 and ("/" in text or "\\" in text or "." in text)
         if looks_like_path:
@@ -221,41 +219,10 @@ def _decode_plain_base64(text: str, limit: int) -> bytes:
         raise
 
 
-def _b64decode(text: str, limit: int, described: str) -> bytes:
-    """Strict base64 (standard or URL-safe alphabet; whitespace and missing padding tolerated)."""
-    compact = "".join(text.split())
-    if len(compact) * 3 // 4 > limit:
-        raise _too_many_bytes(described, len(compact) * 3 // 4, limit)
-    if not re.fullmatch(r"[A-Za-z0-9+/_-]+={0,2}", compact):
-        raise InvalidInputImage(
-            f"{_sentence_start(described)} is not valid base64. "
-            "Send a file path, an http(s) URL, a data URI or base64-encoded image bytes."
-        )
-    padded = compact.rstrip("=")
-    padded += "=" * (-len(padded) % 4)
-    try:
-        return base64.b64decode(padded.translate(str.maketrans("-_", "+/")), validate=True)
-    except binascii.Error as exc:
-        raise InvalidInputImage(
-            f"{_sentence_start(described)} is not valid base64: {exc}."
-        ) from exc
-
-
 def _capped(data: bytes, limit: int, described: str) -> bytes:
     if len(data) > limit:
-        raise _too_many_bytes(described, len(data), limit)
+        raise too_many_bytes(described, len(data), limit)
     return data
-
-
-def _too_many_bytes(described: str, size: int | None, limit: int) -> InvalidInputImage:
-    shown = f"{size:,} bytes; " if size is not None else ""
-    return InvalidInputImage(
-        f"{_sentence_start(described)} is too large ({shown}the limit is {limit:,} bytes, "
-        "max_image_bytes / EDGECAP_MAX_IMAGE_BYTES). Send a smaller or more compressed image."
-    )
-
-
-_sentence_start = sentence_start
 
 
 def _short(text: str) -> str:

@@ -1,28 +1,26 @@
-"""Streaming sha256, verified copies, and atomic writes.
+"""Streaming sha256 and verified copies of model files.
 
 Model files are gigabytes: they are hashed in chunks with a progress bar, and a copy is hashed
 while it is written, so a file is read once. Nothing is written in place: a file goes to a
 temporary name in the destination directory and is renamed only once it is complete and
-checked, so a reader never sees half a file or a file that failed its check.
+checked (:mod:`edgecap.fsutil`), so a reader never sees half a file or a file that failed its
+check.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
 
 from tqdm import tqdm
 
 from edgecap.errors import ModelError
+from edgecap.fsutil import flush_to_disk
 
 CHUNK_BYTES = 8 * 1024 * 1024
-PARTIAL_SUFFIX = ".partial"
 
 
 @contextmanager
@@ -62,13 +60,8 @@ def copy_hashed(src: Path, dest: Path, *, progress: bool = False) -> str:
             digest.update(chunk)
             fout.write(chunk)
             bar.update(len(chunk))
-        _flush(fout)
+        flush_to_disk(fout)
     return digest.hexdigest()
-
-
-def partial_path(final: Path) -> Path:
-    """Where a file is written before it is checked and renamed to ``final``."""
-    return final.with_name(f".{final.name}{PARTIAL_SUFFIX}")
 
 
 def check_digest(path: Path, expected: str, actual: str, *, fix: str) -> None:
@@ -77,22 +70,6 @@ def check_digest(path: Path, expected: str, actual: str, *, fix: str) -> None:
             f"sha256 mismatch for {path}: expected {expected}, got {actual}. The file is "
             f"corrupt or was altered, and was not installed: {fix}"
         )
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary file and rename it over ``path``."""
-    tmp = partial_path(path)
-    with tmp.open("w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-        _flush(f)
-    os.replace(tmp, path)
-
-
-def _flush(f: IO[Any]) -> None:
-    # Packs go to removable media: make sure the bytes are there before the rename says so.
-    f.flush()
-    os.fsync(f.fileno())
 
 
 def _size(path: Path) -> int:

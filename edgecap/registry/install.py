@@ -8,16 +8,16 @@ installed.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgecap.errors import InvalidParameter, ModelError
+from edgecap.fsutil import partial_path, publish
 from edgecap.registry import hub
 from edgecap.registry.catalog import ROLES, CatalogFile, KnownModel, Licence, Role, normalize_name
-from edgecap.registry.digests import check_digest, copy_hashed, partial_path, sha256_file
+from edgecap.registry.digests import check_digest, copy_hashed, sha256_file
 from edgecap.registry.packs import PackManifest, check_pack_files
 from edgecap.registry.store import DigestSource, InstalledFile, InstalledModel, Store, utc_now
 
@@ -42,7 +42,7 @@ def install(store: Store, record: InstalledModel, staged: dict[Role, Path]) -> N
     directory = store.model_dir(record.id)
     directory.mkdir(parents=True, exist_ok=True)
     for role, tmp in staged.items():
-        os.replace(tmp, directory / record.file(role).path)
+        publish(tmp, directory / record.file(role).path)
     store.save(record)
     store.prune(record)
 

@@ -16,8 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from edgecap import __version__
 from edgecap.errors import ModelError
+from edgecap.fsutil import partial_path, publish, write_json_atomic
 from edgecap.registry.catalog import ROLES, SHA256_PATTERN, Licence, Role
-from edgecap.registry.digests import copy_hashed, partial_path, write_json_atomic
+from edgecap.registry.digests import copy_hashed
 from edgecap.registry.store import InstalledModel
 
 PACK_FILE = "edgecap-pack.json"
@@ -132,7 +133,7 @@ def write_pack(
                 f"{actual}); nothing was exported. Run `edgecap models verify {record.id}` "
                 "and reinstall the model"
             )
-        tmp.replace(final)
+        publish(tmp, final)
         entries[role] = PackFile(name=installed.name, size=installed.size, sha256=actual)
     pack = PackManifest(
         version=PACK_VERSION,

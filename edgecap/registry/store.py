@@ -22,8 +22,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgecap.errors import ModelError
+from edgecap.fsutil import write_json_atomic
 from edgecap.registry.catalog import ROLES, SHA256_PATTERN, Licence, Role
-from edgecap.registry.digests import write_json_atomic
 
 RECORD_NAME = "manifest.json"
 DOWNLOADS_DIR = ".downloads"  # resumable downloads in progress, on the store's filesystem

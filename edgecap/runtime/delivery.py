@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from edgecap.config import Settings
-from edgecap.errors import EdgecapError
+from edgecap.errors import DeliveryFailed, EdgecapError
 from edgecap.inputs import netguard
 from edgecap.runtime.tasks import CaptionJob, Delivery, DeliveryKind, Outgoing, TaskStore
 
@@ -49,12 +49,6 @@ IDLE_WAKE_S = 60.0  # re-read the outbox at least this often
 USER_AGENT = "edgecap"
 STOP_GRACE_S = 1.0  # how long stop() waits for attempts in flight
 DELIVERY_NAMESPACE = uuid.UUID("6f1d3a52-3c1e-4b8e-9a57-2f0c4d1e7b90")
-
-
-class DeliveryFailed(EdgecapError):
-    """One delivery attempt failed."""
-
-    code, status = "uploadFailed", 502
 
 
 def outgoing_for(job: CaptionJob, response: dict[str, Any], text: str | None) -> list[Outgoing]:
@@ -222,6 +216,12 @@ class Deliverer:
         else:
             if not self._stopping.is_set():  # the store may be closed once stopping
                 self._store.delivery_done(delivery.id, attempts=attempts)
+            logger.info(
+                "Delivered the %s of task %s (attempt %d)",
+                delivery.outgoing.kind,
+                delivery.task_uuid,
+                attempts,
+            )
         finally:
             with self._in_flight_lock:
                 self._in_flight.pop(delivery.id, None)

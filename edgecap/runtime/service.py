@@ -17,17 +17,13 @@ See docs/service-seam.md for the contract with the server.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
-import itertools
 import logging
 import math
 import sqlite3
-import statistics
 import threading
 import time
-from collections import Counter, deque
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from edgecap.config import Settings
@@ -40,9 +36,17 @@ from edgecap.errors import (
     TaskConflict,
     TaskExpired,
 )
-from edgecap.protocol import RESULT_TASK_TYPE, result_item
+from edgecap.logs import LogSetup
+from edgecap.protocol import (
+    RESULT_TASK_TYPE,
+    error_envelope,
+    error_object,
+    result_item,
+    success_envelope,
+)
 from edgecap.records import CaptionResult
 from edgecap.runtime.delivery import Deliverer, outgoing_for
+from edgecap.runtime.stats import ServiceStats
 from edgecap.runtime.storage import Reserve, is_disk_full
 from edgecap.runtime.tasks import (
     CaptionJob,
@@ -69,9 +73,6 @@ MAX_ATTEMPTS = 2
 FINISH_RETRIES = 3  # writes of a result, before failing the task with insufficientStorage
 FINISH_RETRY_DELAY_S = 0.5
 PURGE_INTERVAL_S = 60.0
-LATENCY_SAMPLES = 1000  # recent samples kept per stage for /metrics
-RUN_SAMPLES = 20  # recent task durations behind the retry-after estimate
-FIRST_TASK_GUESS_S = 15.0  # the retry-after estimate before any task has finished
 
 
 class TaskService:
@@ -86,11 +87,13 @@ class TaskService:
     ) -> None:
         self.settings = settings
         self.store = TaskStore(settings.db_path, clock=clock)
-        self._worker = Worker(engine_factory or DefaultEngineFactory(settings))
+        self._worker = Worker(
+            engine_factory or DefaultEngineFactory(settings), log_setup=LogSetup.of(settings)
+        )
         self._deliverer = Deliverer(self.store, settings)
         self._reserve = Reserve(settings.home)
         self._waiters = _Waiters()
-        self._metrics = _Metrics()
+        self._metrics = ServiceStats()
         self._submit_lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -223,7 +226,8 @@ class TaskService:
         return purged
 
     def stats(self) -> dict[str, Any]:
-        """Figures for /metrics: queue, tasks by status, latency samples, tokens, worker."""
+        """Figures for /metrics: queue, tasks by status, latency samples and histograms (as
+        prometheus metric families), tokens, worker, deliveries."""
         return {
             "queue_depth": self.queue_depth(),
             "tasks": self.store.counts(),
@@ -302,12 +306,11 @@ class TaskService:
             include_cost=job.include_cost,
             cost_per_second=self.settings.cost_per_second,
         )
-        response = {"data": [item]}
-        self._finish(job, response, result=item, error=None, text=result.text)
+        self._finish(job, success_envelope(item), result=item, error=None, text=result.text)
 
     def _finish_error(self, job: CaptionJob, exc: EdgecapError) -> None:
-        error = {**exc.to_dict(), "taskType": RESULT_TASK_TYPE, "taskUUID": _client_uuid(job)}
-        self._finish(job, {"errors": [error]}, result=None, error=error, text=None)
+        error = error_object(exc, task_type=RESULT_TASK_TYPE, task_uuid=_client_uuid(job))
+        self._finish(job, error_envelope(error), result=None, error=error, text=None)
 
     def _finish(
         self,
@@ -319,7 +322,7 @@ class TaskService:
         text: str | None,
     ) -> None:
         """Record the outcome. A full disk is retried; if it stays full the task fails with
-        ``insufficientStorage`` — a small write that needs no new pages, so it usually fits —
+        ``insufficientStorage`` — a small write, given the disk reserve's space if need be —
         and if even that fails the task stays claimed and counts its attempt at restart."""
         ttl_s = job.ttl_s or self.settings.result_ttl_s
         for attempt in range(FINISH_RETRIES):
@@ -347,14 +350,14 @@ class TaskService:
             "The server's disk is full: the result of this task could not be saved. Free "
             "space on the server (EDGECAP_HOME), then send the task again under a new taskUUID."
         )
-        error = {**exc.to_dict(), "taskType": RESULT_TASK_TYPE, "taskUUID": _client_uuid(job)}
+        error = error_object(exc, task_type=RESULT_TASK_TYPE, task_uuid=_client_uuid(job))
         for _ in range(2):  # as is; then again with the reserve's space given back
             try:
                 self.store.finish(
                     job.task_uuid,
                     result=None,
                     error=error,
-                    response={"errors": [error]},
+                    response=error_envelope(error),
                     ttl_s=ttl_s,
                 )
                 return
@@ -433,68 +436,3 @@ class _Waiters:
         for loop, event in entries:
             with contextlib.suppress(RuntimeError):  # that loop has closed meanwhile
                 loop.call_soon_threadsafe(event.set)
-
-
-# Upper bounds (seconds) of the per-stage latency histogram buckets: from a tiny model's
-# milliseconds to a 7B vision encode of a big image on a small CPU.
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120, 300)
-
-
-@dataclass
-class StageHistogram:
-    """Cumulative latency histogram of one stage since start (Prometheus semantics)."""
-
-    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
-    total: float = 0.0
-
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        self.total += seconds
-
-    def buckets(self) -> list[tuple[str, int]]:
-        """``(le, cumulative count)`` pairs, ending with ``+Inf``."""
-        bounds = [str(b) for b in LATENCY_BUCKETS] + ["+Inf"]
-        return list(zip(bounds, itertools.accumulate(self.counts), strict=True))
-
-
-class _Metrics:
-    """Per-stage latencies (recent samples and histograms since start) and token totals."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._histograms: dict[str, StageHistogram] = {}
-        self._latency: dict[str, deque[float]] = {}
-        self._tokens: Counter[str] = Counter()
-        self._runs: deque[float] = deque(maxlen=RUN_SAMPLES)
-
-    def record(self, result: CaptionResult, queued_s: float, run_s: float) -> None:
-        stages = {**result.timings, "queue": queued_s, "run": run_s}
-        with self._lock:
-            for stage, seconds in stages.items():
-                self._latency.setdefault(stage, deque(maxlen=LATENCY_SAMPLES)).append(seconds)
-                self._histograms.setdefault(stage, StageHistogram()).observe(seconds)
-            self._tokens.update(
-                prompt=result.prompt_tokens,
-                image=result.image_tokens,
-                generated=result.generated_tokens,
-            )
-            self._runs.append(run_s)
-
-    def latencies(self) -> dict[str, list[float]]:
-        with self._lock:
-            return {stage: list(samples) for stage, samples in self._latency.items()}
-
-    def histograms(self) -> dict[str, StageHistogram]:
-        with self._lock:
-            return {
-                stage: StageHistogram(list(h.counts), h.total)
-                for stage, h in self._histograms.items()
-            }
-
-    def tokens(self) -> dict[str, int]:
-        with self._lock:
-            return {kind: self._tokens[kind] for kind in ("prompt", "image", "generated")}
-
-    def typical_run_seconds(self) -> float:
-        with self._lock:
-            return statistics.median(self._runs) if self._runs else FIRST_TASK_GUESS_S

@@ -12,8 +12,8 @@ process being killed, but a power cut may roll back the last commits, which woul
 that clients were told were accepted. ``FULL`` costs one fsync per commit (milliseconds), next
 to captions that take seconds.
 
-Schema changes are appended to :data:`MIGRATIONS`, never edited; ``PRAGMA user_version``
-records how many have been applied.
+The schema and its migrations are in :mod:`edgecap.runtime.migrations`; the records and their
+row codecs in :mod:`edgecap.runtime.task_records`.
 """
 
 from __future__ import annotations
@@ -24,133 +24,46 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from edgecap.errors import EdgecapError, NotFound, TaskExpired
-from edgecap.records import CaptionRequest, LoadedImage, Sampling
-
-TaskStatus = Literal["queued", "processing", "success", "error"]
-DeliveryKind = Literal["webhook", "upload"]
-Clock = Callable[[], float]
-
-UNFINISHED = ("queued", "processing")
-TOMBSTONE_SECONDS = 30 * 24 * 3600  # how long an expired UUID still answers taskExpired
-MAX_TTL_S = 10 * 365 * 24 * 3600  # results are kept at most this long, whatever ttl asks
-
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE tasks (
-        task_uuid     TEXT PRIMARY KEY,
-        fingerprint   TEXT NOT NULL,
-        status        TEXT NOT NULL,
-        job           TEXT NOT NULL,     -- JSON: the CaptionJob without pixels
-        image_key     TEXT,              -- images.key while the task is unfinished
-        original_task TEXT NOT NULL,
-        attempts      INTEGER NOT NULL DEFAULT 0,
-        created_at    REAL NOT NULL,
-        started_at    REAL,
-        finished_at   REAL,
-        expires_at    REAL,
-        result        TEXT,
-        error         TEXT,
-        response      TEXT
-    );
-    CREATE INDEX tasks_by_status ON tasks (status, created_at);
-    CREATE INDEX tasks_by_expiry ON tasks (expires_at) WHERE expires_at IS NOT NULL;
-    CREATE TABLE images (
-        key TEXT PRIMARY KEY,            -- sha256 of the source + budgeted size
-        rgb BLOB NOT NULL
-    );
-    CREATE TABLE tombstones (
-        task_uuid   TEXT PRIMARY KEY,
-        fingerprint TEXT NOT NULL,
-        expired_at  REAL NOT NULL
-    );
-    CREATE TABLE outbox (
-        id              INTEGER PRIMARY KEY,
-        task_uuid       TEXT NOT NULL,
-        kind            TEXT NOT NULL,   -- webhook | upload
-        url             TEXT NOT NULL,
-        body            BLOB NOT NULL,
-        content_type    TEXT NOT NULL,
-        status          TEXT NOT NULL,   -- pending | delivered | failed
-        attempts        INTEGER NOT NULL DEFAULT 0,
-        next_attempt_at REAL NOT NULL,
-        last_error      TEXT
-    );
-    CREATE INDEX outbox_due ON outbox (status, next_attempt_at);
-    """,
-    # 2: the owning API key (a hash; NULL when the server has no keys)
-    """
-    ALTER TABLE tasks ADD COLUMN owner TEXT;
-    ALTER TABLE tombstones ADD COLUMN owner TEXT;
-    """,
+from edgecap.config import MAX_TTL_S
+from edgecap.errors import NotFound, TaskExpired
+from edgecap.runtime.migrations import migrate
+from edgecap.runtime.task_records import (
+    RECORD_COLUMNS,
+    UNFINISHED,
+    CaptionJob,
+    ClaimedTask,
+    Delivery,
+    DeliveryKind,
+    Outgoing,
+    TaskRecord,
+    TaskStatus,
+    decode_job,
+    delivery_of,
+    dumps_or_none,
+    encode_job,
+    image_key,
+    record_of,
 )
 
+__all__ = [
+    "UNFINISHED",
+    "CaptionJob",
+    "ClaimedTask",
+    "Clock",
+    "Delivery",
+    "DeliveryKind",
+    "Outgoing",
+    "TaskRecord",
+    "TaskStatus",
+    "TaskStore",
+]
 
-@dataclass(frozen=True)
-class CaptionJob:
-    """Everything the worker needs for one caption task, already validated by the server."""
+Clock = Callable[[], float]
 
-    task_uuid: str
-    request: CaptionRequest  # the image already loaded
-    model: str | None  # registry name or alias; None = the server's default
-    include_cost: bool
-    webhook_url: str | None
-    upload_endpoint: str | None
-    ttl_s: int | None
-    fingerprint: str  # sha256 of the canonical JSON of the original task (idempotency)
-    original_task: dict[str, Any]  # the task object as the client sent it
-    owner: str | None = None  # which API key (a hash) sent it; None without keys
-
-
-@dataclass(frozen=True)
-class TaskRecord:
-    """What the store knows about a task, as the API reports it."""
-
-    task_uuid: str
-    status: TaskStatus
-    result: dict[str, Any] | None  # the success item
-    error: dict[str, Any] | None  # the error object
-    original_task: dict[str, Any]
-    response: dict[str, Any] | None  # the envelope as sent: {"data": [...]} or {"errors": [...]}
-    expires_at: float | None
-    owner: str | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.status not in UNFINISHED
-
-
-@dataclass(frozen=True)
-class ClaimedTask:
-    """A task the dispatcher took off the queue."""
-
-    job: CaptionJob
-    attempts: int  # including this one
-    queued_seconds: float  # from submission to this claim
-
-
-@dataclass(frozen=True)
-class Outgoing:
-    """A delivery to make once a task has finished."""
-
-    kind: DeliveryKind
-    url: str
-    body: bytes
-    content_type: str
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """A pending delivery from the outbox."""
-
-    id: int
-    task_uuid: str
-    attempts: int  # made so far
-    outgoing: Outgoing
+TOMBSTONE_SECONDS = 30 * 24 * 3600  # how long an expired UUID still answers taskExpired
 
 
 class TaskStore:
@@ -197,11 +110,10 @@ class TaskStore:
         with self._write() as db:
             for job in jobs:
                 image = job.request.image
-                image_key = _image_key(image) if image else None
+                key = image_key(image) if image else None
                 if image is not None:
                     db.execute(
-                        "INSERT OR IGNORE INTO images (key, rgb) VALUES (?, ?)",
-                        (image_key, image.rgb),
+                        "INSERT OR IGNORE INTO images (key, rgb) VALUES (?, ?)", (key, image.rgb)
                     )
                 db.execute(
                     "INSERT INTO tasks (task_uuid, fingerprint, status, job, image_key, "
@@ -209,8 +121,8 @@ class TaskStore:
                     (
                         job.task_uuid,
                         job.fingerprint,
-                        _encode_job(job),
-                        image_key,
+                        encode_job(job),
+                        key,
                         json.dumps(job.original_task),
                         self.clock(),
                         job.owner,
@@ -236,7 +148,7 @@ class TaskStore:
             raise _expired(task_uuid)
         if row["expires_at"] is not None and row["expires_at"] <= self.clock():
             raise _expired(task_uuid)  # not purged yet, but gone all the same
-        return _record(row)
+        return record_of(row)
 
     def claim_next(self) -> ClaimedTask | None:
         """Move the oldest queued task to ``processing`` and return it, or None if none."""
@@ -255,7 +167,7 @@ class TaskStore:
                 (now, row["task_uuid"]),
             )
         return ClaimedTask(
-            job=_decode_job(row),
+            job=decode_job(row),
             attempts=row["attempts"] + 1,
             queued_seconds=max(now - row["created_at"], 0.0),
         )
@@ -303,8 +215,8 @@ class TaskStore:
                 "finished_at = ?, expires_at = ?, image_key = NULL WHERE task_uuid = ?",
                 (
                     "success" if error is None else "error",
-                    _dumps(result),
-                    _dumps(error),
+                    dumps_or_none(result),
+                    dumps_or_none(error),
                     json.dumps(response),
                     now,
                     expires_at,
@@ -365,7 +277,7 @@ class TaskStore:
                 f"AND id NOT IN ({marks}) ORDER BY next_attempt_at, id LIMIT ?",
                 (self.clock(), *exclude, limit),
             ).fetchall()
-        return [_delivery(row) for row in rows]
+        return [delivery_of(row) for row in rows]
 
     def next_delivery_at(self) -> float | None:
         """When the earliest pending delivery is due (clock time), or None."""
@@ -420,26 +332,6 @@ class TaskStore:
             self._db.execute("COMMIT")
 
 
-def migrate(db: sqlite3.Connection, path: Path, migrations: Sequence[str] = MIGRATIONS) -> None:
-    """Apply the migrations ``db`` has not seen yet, each in its own transaction."""
-    version = db.execute("PRAGMA user_version").fetchone()[0]
-    if version > len(migrations):
-        raise EdgecapError(
-            f"The task database {path} was written by a newer edgecap (schema {version}, this "
-            f"version knows {len(migrations)}). Upgrade edgecap, or point EDGECAP_HOME elsewhere.",
-            code="invalidParameter",
-        )
-    for number, script in enumerate(migrations[version:], start=version + 1):
-        try:
-            db.executescript(
-                f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;"
-            )
-        except sqlite3.Error:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-
-
 def _expired(task_uuid: str) -> TaskExpired:
     return TaskExpired(
         f"The result of task {task_uuid} has expired and was deleted. Results are kept for "
@@ -447,100 +339,3 @@ def _expired(task_uuid: str) -> TaskExpired:
         "again under a new taskUUID, with a larger ttl if you need it longer.",
         parameter="taskUUID",
     )
-
-
-# ---------------------------------------------------------------------- rows <-> records
-
-
-def _image_key(image: LoadedImage) -> str:
-    """The same source resized to the same size gives the same pixels: store them once."""
-    return f"{image.sha256}-{image.width}x{image.height}"
-
-
-def _encode_job(job: CaptionJob) -> str:
-    request = job.request
-    image = request.image
-    return json.dumps(
-        {
-            "model": job.model,
-            "include_cost": job.include_cost,
-            "webhook_url": job.webhook_url,
-            "upload_endpoint": job.upload_endpoint,
-            "ttl_s": job.ttl_s,
-            "prompt": request.prompt,
-            "system_prompt": request.system_prompt,
-            "sampling": asdict(request.sampling),
-            "json_schema": request.json_schema,
-            "image": {k: v for k, v in asdict(image).items() if k != "rgb"} if image else None,
-        }
-    )
-
-
-def _decode_job(row: sqlite3.Row) -> CaptionJob:
-    data = json.loads(row["job"])
-    image_meta = data["image"]
-    image = LoadedImage(rgb=row["rgb"], **image_meta) if image_meta else None
-    request = CaptionRequest(
-        image=image,
-        prompt=data["prompt"],
-        system_prompt=data["system_prompt"],
-        sampling=Sampling(**data["sampling"]),
-        json_schema=data["json_schema"],
-    )
-    return CaptionJob(
-        task_uuid=row["task_uuid"],
-        request=request,
-        model=data["model"],
-        include_cost=data["include_cost"],
-        webhook_url=data["webhook_url"],
-        upload_endpoint=data["upload_endpoint"],
-        ttl_s=data["ttl_s"],
-        fingerprint=row["fingerprint"],
-        original_task=json.loads(row["original_task"]),
-        owner=row["owner"],
-    )
-
-
-RECORD_COLUMNS = (
-    "task_uuid",
-    "status",
-    "result",
-    "error",
-    "original_task",
-    "response",
-    "expires_at",
-    "owner",
-)
-
-
-def _record(row: sqlite3.Row) -> TaskRecord:
-    keys = row.keys()
-    return TaskRecord(
-        task_uuid=row["task_uuid"],
-        status=row["status"],
-        result=_loads(row["result"]),
-        error=_loads(row["error"]),
-        original_task=json.loads(row["original_task"]) if "original_task" in keys else {},
-        response=_loads(row["response"]),
-        expires_at=row["expires_at"],
-        owner=row["owner"],
-    )
-
-
-def _delivery(row: sqlite3.Row) -> Delivery:
-    return Delivery(
-        id=row["id"],
-        task_uuid=row["task_uuid"],
-        attempts=row["attempts"],
-        outgoing=Outgoing(
-            kind=row["kind"], url=row["url"], body=row["body"], content_type=row["content_type"]
-        ),
-    )
-
-
-def _dumps(value: dict[str, Any] | None) -> str | None:
-    return None if value is None else json.dumps(value)
-
-
-def _loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)

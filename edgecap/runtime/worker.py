@@ -16,14 +16,24 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import multiprocessing.connection
+import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from edgecap.config import Settings
-from edgecap.errors import EdgecapError, InferenceError, ModelNotReady
+from edgecap.errors import (
+    EdgecapError,
+    InferenceError,
+    WorkerCrashed,
+    WorkerStopped,
+    WorkerTimedOut,
+    error_class,
+)
+from edgecap.logs import LogSetup
 from edgecap.records import CaptionRequest, CaptionResult
 
 if TYPE_CHECKING:
@@ -61,20 +71,6 @@ class DefaultEngineFactory:
         return Engine(Registry(self.settings).resolve(model), self.settings)
 
 
-class WorkerCrashed(InferenceError):
-    """The child process died while it was working on a task."""
-
-
-class WorkerTimedOut(EdgecapError):
-    """A task ran past its deadline; the child was killed (and is restarted)."""
-
-    code, status = "timeoutProvider", 504
-
-
-class WorkerStopped(ModelNotReady):
-    """:meth:`Worker.stop` was called before or while a task ran."""
-
-
 @dataclass(frozen=True)
 class WorkItem:
     """One caption for the child: which model, which request."""
@@ -86,8 +82,10 @@ class WorkItem:
 
 @dataclass(frozen=True)
 class WorkError:
-    """An :class:`EdgecapError` as a plain value, so it can cross the process boundary."""
+    """An :class:`EdgecapError` as plain values, so it can cross the process boundary; the
+    parent gets back the same subclass (looked up by name in :mod:`edgecap.errors`)."""
 
+    kind: str  # the class name, e.g. "UnknownModel"
     code: str
     status: int
     message: str
@@ -98,10 +96,12 @@ class WorkError:
     def from_exception(cls, exc: BaseException) -> WorkError:
         if not isinstance(exc, EdgecapError):
             exc = InferenceError(f"The engine failed: {type(exc).__name__}: {exc}")
-        return cls(exc.code, exc.status, exc.message, exc.parameter, dict(exc.extra))
+        return cls(
+            type(exc).__name__, exc.code, exc.status, exc.message, exc.parameter, dict(exc.extra)
+        )
 
     def to_exception(self) -> EdgecapError:
-        return EdgecapError(
+        return error_class(self.kind)(
             self.message,
             code=self.code,
             status=self.status,
@@ -122,8 +122,10 @@ class WorkDone:
 class Worker:
     """The parent's handle on the engine process. :meth:`run` is for one thread at a time."""
 
-    def __init__(self, engine_factory: EngineFactory) -> None:
+    def __init__(self, engine_factory: EngineFactory, *, log_setup: LogSetup | None = None) -> None:
+        """``log_setup``: how the engine process logs (None: it configures no logging)."""
         self._factory = engine_factory
+        self._log_setup = log_setup
         self._context = multiprocessing.get_context("spawn")
         self._lock = threading.Lock()  # held while a task is in the child
         self._stopping = threading.Event()
@@ -191,6 +193,9 @@ class Worker:
             try:
                 if self._conn is not None:
                     self._conn.close()
+                # Drop the child and its Event now: their semaphores are released here, not
+                # reported as leaked by multiprocessing's resource tracker at exit.
+                self._process = self._loaded = None
             finally:
                 self._lock.release()
 
@@ -199,7 +204,7 @@ class Worker:
         self._loaded = self._context.Event()
         self._process = self._context.Process(
             target=serve,
-            args=(self._factory, child_end, self._loaded),
+            args=(self._factory, child_end, self._loaded, self._log_setup),
             name="edgecap-engine",
             daemon=True,
         )
@@ -297,13 +302,21 @@ class _Engines:
             self._engine = None
 
 
-def serve(factory: EngineFactory, conn: Connection, loaded: Event) -> None:
-    """The child's main loop: load the default model, then caption until told to stop."""
+def serve(
+    factory: EngineFactory, conn: Connection, loaded: Event, log_setup: LogSetup | None = None
+) -> None:
+    """The child's main loop: set up logging, load the default model, then caption until told
+    to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    if log_setup is not None:
+        log_setup.apply()
+    logger.info("Engine process %d started; loading the default model", os.getpid())
     engines = _Engines(factory)
     try:
+        started = time.perf_counter()
         engines.get(None)
         loaded.set()
+        logger.info("Loaded the default model in %.1f s", time.perf_counter() - started)
     except Exception as exc:  # reported to the first task that needs the default model
         logger.warning("Could not load the default model: %s", exc)
     try:

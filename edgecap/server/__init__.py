@@ -1,6 +1,6 @@
 """The Runware-compatible caption API: ``create_app(settings, service, registry)``, ``serve``.
 
-See docs/api.md for the protocol and /work/shared/spec/caption-api.md for the contract.
+See docs/api.md for the protocol as implemented and docs/service-seam.md for the contract.
 """
 
 from edgecap.server.app import create_app

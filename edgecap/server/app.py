@@ -21,11 +21,10 @@ from starlette.concurrency import run_in_threadpool
 
 from edgecap import __version__
 from edgecap.config import Settings
+from edgecap.protocol import Reply, unexpected_error
 from edgecap.registry import Registry
 from edgecap.runtime.service import TaskService
 from edgecap.server.auth import ApiKeys
-from edgecap.server.envelope import Reply
-from edgecap.server.errors import unexpected_error
 from edgecap.server.guards import Guards
 from edgecap.server.handlers import Context
 from edgecap.server.metrics import Metrics

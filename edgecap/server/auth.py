@@ -15,8 +15,7 @@ import ipaddress
 from collections.abc import Sequence
 from pathlib import Path
 
-from edgecap.errors import AuthError, InvalidParameter
-from edgecap.server.errors import MissingApiKey
+from edgecap.errors import AuthError, InvalidParameter, MissingApiKey
 
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 

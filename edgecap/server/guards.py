@@ -24,8 +24,8 @@ from urllib.parse import urlsplit
 
 from edgecap.config import Settings
 from edgecap.errors import EdgecapError
+from edgecap.protocol import error_object
 from edgecap.server.auth import LOOPBACK_NAMES
-from edgecap.server.errors import error_object
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

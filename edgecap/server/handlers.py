@@ -17,13 +17,18 @@ from typing import Any, Literal
 from starlette.concurrency import run_in_threadpool
 
 from edgecap.config import Settings
-from edgecap.errors import EdgecapError, InvalidParameter, NotFound, RateLimited
-from edgecap.protocol import RESULT_TASK_TYPE
+from edgecap.errors import (
+    EdgecapError,
+    InvalidParameter,
+    NotFound,
+    RateLimited,
+    TimeoutProvider,
+    UnsupportedTaskType,
+)
+from edgecap.protocol import RESULT_TASK_TYPE, Reply, unexpected_error
 from edgecap.registry import Registry
 from edgecap.runtime.service import TaskConflict, TaskRecord, TaskService
 from edgecap.server.auth import ApiKeys
-from edgecap.server.envelope import Reply
-from edgecap.server.errors import TimeoutProvider, UnsupportedTaskType, unexpected_error
 from edgecap.server.jobs import (
     JobInputs,
     fingerprint,

@@ -136,7 +136,7 @@ def make_jobs(
             request=CaptionRequest(
                 image=image,
                 prompt=task.instruction() or settings.default_prompt,
-                system_prompt=settings.system_prompt,
+                system_prompt=None,  # the API has none: the engine applies the server's
                 sampling=sampling,
                 json_schema=json_schema,
             ),

@@ -19,8 +19,7 @@ from typing import Any
 
 from pydantic_core import PydanticCustomError
 
-from edgecap.errors import PayloadTooLarge
-from edgecap.server.errors import BadRequestBody
+from edgecap.errors import BadRequestBody, PayloadTooLarge
 
 MAX_TASKS_PER_REQUEST = 64  # tasks in one REST body or WebSocket message (besides authentication)
 MAX_JSON_CONTAINERS = 20_000  # objects + arrays in one body (a task needs a handful)

@@ -19,15 +19,14 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
-    HistogramMetricFamily,
     Metric,
 )
 from prometheus_client.registry import Collector
 
-from edgecap.runtime.service import StageHistogram, TaskService
+from edgecap.runtime.service import TaskService
+from edgecap.runtime.stats import LATENCY_BUCKETS
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-LATENCY_BUCKETS = (0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
 QUANTILES = (0.5, 0.9, 0.99)
 
 
@@ -104,23 +103,12 @@ class ServiceCollector(Collector):
             "edgecap_worker_restarts", "Engine process restarts", value=worker["restarts"]
         )
         yield from _stage_latencies(stats["latency_seconds"])
-        yield _stage_histograms(stats["latency_histograms"])
+        yield from stats["latency_histograms"]
 
 
 def _labelled(family: GaugeMetricFamily | CounterMetricFamily, values: dict[str, int]) -> Metric:
     for label, value in values.items():
         family.add_metric([label], value)
-    return family
-
-
-def _stage_histograms(histograms: dict[str, StageHistogram]) -> Metric:
-    family = HistogramMetricFamily(
-        "edgecap_stage_seconds",
-        "Per-stage latency since start (stages: load_image, encode, prefill, generate, queue, run)",
-        labels=["stage"],
-    )
-    for stage, histogram in sorted(histograms.items()):
-        family.add_metric([stage], histogram.buckets(), sum_value=histogram.total)
     return family
 
 

@@ -17,9 +17,9 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from edgecap.errors import AuthError, EdgecapError
+from edgecap.protocol import Reply
 from edgecap.server.auth import bearer_key
 from edgecap.server.body import BodyReader, parse_body
-from edgecap.server.envelope import Reply
 from edgecap.server.handlers import Caller, Context, run_tasks, task_identity
 from edgecap.server.limits import first_element
 from edgecap.server.metrics import CONTENT_TYPE

@@ -8,6 +8,7 @@ import sys
 import uvicorn
 
 from edgecap.config import Settings
+from edgecap.logs import LogSetup
 from edgecap.registry import Registry
 from edgecap.runtime.service import TaskService
 from edgecap.server.app import create_app, uvicorn_options
@@ -22,6 +23,7 @@ def serve(settings: Settings, *, allow_unauthenticated_public_bind: bool = False
     Refuses (InvalidParameter) to listen on a non-loopback address without API keys unless
     ``allow_unauthenticated_public_bind``; then it warns loudly on stderr.
     """
+    LogSetup.of(settings).apply()
     warning = check_bind(
         settings.host,
         ApiKeys(settings.api_keys),
@@ -34,7 +36,8 @@ def serve(settings: Settings, *, allow_unauthenticated_public_bind: bool = False
         app,
         host=settings.host,
         port=settings.port,
-        log_level="info",
+        log_config=None,  # ours, set up above (uvicorn's would replace it)
+        log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=5,
         **uvicorn_options(settings),
     )

@@ -12,8 +12,6 @@ records its last use; files unused for ``settings.upload_retention_days`` are de
 
 from __future__ import annotations
 
-import base64
-import binascii
 import errno
 import io
 import os
@@ -27,9 +25,10 @@ from pathlib import Path
 from PIL import Image
 
 from edgecap.config import Settings
-from edgecap.errors import EdgecapError, InsufficientStorage, InvalidInputImage, RateLimited
+from edgecap.errors import EdgecapError, InsufficientStorage, MediaNotFound, RateLimited
+from edgecap.fsutil import write_bytes_atomic
 from edgecap.inputs import images
-from edgecap.server.errors import MediaNotFound
+from edgecap.inputs.base64text import decode_base64
 
 MAX_SIDE = 2048
 JPEG_QUALITY = 95
@@ -50,6 +49,10 @@ FORMATS = {
     "AVIF": ("avif", "image/avif"),
     "HEIF": ("heic", "image/heic"),
 }
+WIRE_FIX = (
+    "Send the image file's bytes in base64, a data:image/...;base64 URI, an http(s) URL, or the "
+    "UUID of an uploaded image."
+)
 CONTENT_TYPES = {ext: content_type for ext, content_type in FORMATS.values()}
 
 
@@ -66,24 +69,12 @@ def wire_image(text: str, settings: Settings) -> str | bytes:
     """An image string from a client, as something :func:`images.load_image` reads safely.
 
     ``load_image`` also reads file paths and stdin, which a remote client must never reach:
-    URLs and data URIs pass through as text; anything else is plain base64, decoded here.
+    URLs and data URIs pass through as text; anything else is plain base64, decoded here under
+    the one base64 rule (:mod:`edgecap.inputs.base64text`).
     """
     if is_url(text) or text[:5].lower() == "data:":
         return text
-    compact = "".join(text.split())
-    if len(compact) * 3 // 4 > settings.max_image_bytes:
-        raise InvalidInputImage(
-            f"The base64 image is larger than {settings.max_image_bytes:,} bytes "
-            "(max_image_bytes / EDGECAP_MAX_IMAGE_BYTES). Send a smaller image."
-        )
-    try:
-        return base64.b64decode(compact, validate=True)
-    except binascii.Error as exc:
-        raise InvalidInputImage(
-            f"The image is neither a URL, a data URI nor valid base64 ({exc}). Send the "
-            "image file's bytes in base64, a data:image/...;base64 URI, an http(s) URL, or "
-            "the UUID of an uploaded image."
-        ) from None
+    return decode_base64(text, settings.max_image_bytes, "the image", fix=WIRE_FIX)
 
 
 class UploadStore:
@@ -120,13 +111,12 @@ class UploadStore:
         return image_uuid
 
     def _write(self, path: Path, data: bytes) -> None:
-        temporary = self.root / f".{path.name}.tmp"
+        """Write atomically (fsutil removes the partial file on failure); a full disk is
+        InsufficientStorage."""
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            temporary.write_bytes(data)
-            temporary.replace(path)
+            write_bytes_atomic(path, data)
         except OSError as exc:
-            temporary.unlink(missing_ok=True)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise InsufficientStorage(
                     "The server's disk is full: the image could not be stored. Try again "

@@ -30,13 +30,14 @@ import json
 import time
 import uuid
 from collections import deque
+from collections.abc import MutableMapping
 from typing import Any
 
 from fastapi import WebSocket, WebSocketDisconnect
 
 from edgecap.errors import AuthError, EdgecapError, RateLimited
+from edgecap.protocol import Reply, success_envelope
 from edgecap.server.body import parse_body, too_large
-from edgecap.server.envelope import Reply
 from edgecap.server.handlers import Caller, Context, run_task, task_identity
 from edgecap.server.schema import AuthenticationTask, parse_task
 
@@ -184,10 +185,10 @@ class Connection:
             if self.session is not None:
                 self.session.detach(self.writer)  # running tasks now fill its outbox
 
-    async def _receive(self) -> dict[str, Any] | None:
+    async def _receive(self) -> MutableMapping[str, Any] | None:
         """The next message; None if an unauthenticated client stays silent too long."""
         if self.session is not None or not self.ctx.keys.required:
-            message: dict[str, Any] = await self.socket.receive()
+            message: MutableMapping[str, Any] = await self.socket.receive()
             return message
         try:
             return await asyncio.wait_for(
@@ -270,7 +271,7 @@ class Connection:
         item: dict[str, Any] = {"taskType": "authentication", "connectionSessionUUID": session.uuid}
         if task_uuid is not None:
             item["taskUUID"] = task_uuid
-        await session.attach(self.writer, {"data": [item]})
+        await session.attach(self.writer, success_envelope(item))
         return True
 
     async def anonymous_session(self) -> WsSession:
@@ -289,18 +290,11 @@ class Connection:
     async def run(self, raw: Any, session: WsSession) -> None:
         owner = session.identity if self.ctx.keys.required else None
         reply = await run_task(raw, self.ctx, dataclasses.replace(self.caller, owner=owner))
-        for frame in frames(reply):
+        for frame in reply.frames():
             await session.send(frame)
 
     async def send_now(self, reply: Reply) -> None:
         """Frames that belong to this connection only (no session, e.g. a failed login)."""
-        for frame in frames(reply):
+        for frame in reply.frames():
             with contextlib.suppress(*SEND_ERRORS):
                 await self.writer.write(frame)
-
-
-def frames(reply: Reply) -> list[dict[str, Any]]:
-    """One frame per result item, one per error (clients match frames by taskUUID)."""
-    return [{"data": [item]} for item in reply.items] + [
-        {"errors": [error]} for error in reply.errors
-    ]

@@ -1,5 +1,5 @@
-"""Plumbing shared by tools/convert.py and tools/quantize.py: progress bars on stderr, and
-output files that appear whole or not at all."""
+"""Plumbing shared by the converter and the quantizer: progress bars on stderr, output files
+that appear whole or not at all, and the ``main`` of their tools/ scripts (:func:`run_tool`)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from edgecap.errors import ConversionError, EdgecapError
-
-PARTIAL_SUFFIX = ".partial"
+from edgecap.fsutil import partial_path, publish
 
 
 def progress_bar(total: int, desc: str, *, enabled: bool = True, unit: str = "B") -> tqdm:
@@ -29,11 +28,6 @@ def progress_bar(total: int, desc: str, *, enabled: bool = True, unit: str = "B"
     )
 
 
-def partial_path(path: Path) -> Path:
-    """Where ``path`` is written until it is complete."""
-    return path.with_name(path.name + PARTIAL_SUFFIX)
-
-
 def refuse_overwrite(paths: Sequence[Path], force: bool) -> None:
     """Raise ConversionError if any of ``paths`` exists and ``force`` is off."""
     existing = [str(p) for p in paths if p.exists()]
@@ -47,8 +41,9 @@ def refuse_overwrite(paths: Sequence[Path], force: bool) -> None:
 
 @contextmanager
 def staged_outputs(paths: Sequence[Path], force: bool) -> Iterator[list[Path]]:
-    """Yield a ``<name>.partial`` path for each of ``paths``; rename them all into place when
-    the block succeeds, delete them when it fails or is interrupted (Ctrl-C included).
+    """Yield a partial path (:func:`edgecap.fsutil.partial_path`) for each of ``paths``; rename
+    them all into place when the block succeeds, delete them when it fails or is interrupted
+    (Ctrl-C included).
 
     Refuses (ConversionError) before anything is written if a target exists and not ``force``.
     """
@@ -60,7 +55,7 @@ def staged_outputs(paths: Sequence[Path], force: bool) -> Iterator[list[Path]]:
             with partial.open("rb") as f:
                 os.fsync(f.fileno())
         for partial, final in zip(partials, paths, strict=True):
-            os.replace(partial, final)
+            publish(partial, final)
     finally:
         for partial in partials:
             partial.unlink(missing_ok=True)

