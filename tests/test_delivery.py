@@ -35,7 +35,7 @@ class Received:
     path: str
     content_type: str
     body: bytes
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict, compare=False)
 
 
 class Receiver:
