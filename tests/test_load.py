@@ -105,6 +105,7 @@ def server(
         yield process
     finally:
         process.stop()
+        print(f"\nserver log (tail):\n{process.log()[-1500:]}")
 
 
 def test_mixed_load_gives_no_5xx_and_every_accepted_task_finishes(

@@ -336,3 +336,20 @@ def test_a_grammar_that_would_unroll_hugely_is_refused(open_server: LiveServer) 
     assert post(open_server, [caption(jsonSchema=nested)]).status_code == 400
     fine = {"type": "object", "properties": {"a": {"type": "string", "maxLength": 200}}}
     assert post(open_server, [caption(jsonSchema=fine)]).status_code == 200
+
+
+def test_without_keys_many_websocket_clients_each_get_a_session(open_server: LiveServer) -> None:
+    """Found by the load test: keyless clients share one identity, so the per-key session
+    bound must not apply to them (it crashed the 33rd connection's handler)."""
+
+    async def scenario() -> list[str]:
+        sockets = [await websockets.connect(open_server.ws_url) for _ in range(40)]
+        answers = []
+        for sock in sockets:
+            await sock.send(json.dumps([{"taskType": "ping", "ping": True}]))
+            answers.append(await asyncio.wait_for(sock.recv(), WAIT_S))
+        for sock in sockets:
+            await sock.close()
+        return [str(a) for a in answers]
+
+    assert all("pong" in answer for answer in asyncio.run(scenario()))

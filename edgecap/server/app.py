@@ -59,7 +59,7 @@ def create_app(settings: Settings, service: TaskService, registry: Registry) -> 
     ctx = Context(
         settings, service, registry, uploads, Metrics(service), ApiKeys(settings.api_keys)
     )
-    sessions = Sessions(per_key=settings.ws_sessions_per_key)
+    sessions = Sessions(per_key=settings.ws_sessions_per_key, anonymous=settings.max_connections)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -111,11 +111,12 @@ class WsSession:
 class Sessions:
     """The WebSocket sessions of one app."""
 
-    def __init__(self, per_key: int = 32) -> None:
+    def __init__(self, per_key: int = 32, anonymous: int = 1024) -> None:
         self._by_uuid: dict[str, WsSession] = {}
         self.per_key = per_key
+        self.anonymous = anonymous  # without keys every client shares one identity
 
-    def open(self, identity: str, resume: str | None) -> WsSession:
+    def open(self, identity: str, resume: str | None, *, keyed: bool = True) -> WsSession:
         """The session ``resume`` names if it exists and belongs to ``identity``, else a new one.
 
         A key holds at most ``per_key`` sessions: a new one replaces the key's longest
@@ -126,11 +127,12 @@ class Sessions:
         if session is not None and session.identity == identity:
             return session
         mine = [s for s in self._by_uuid.values() if s.identity == identity]
-        if len(mine) >= self.per_key:
+        limit = self.per_key if keyed else self.anonymous
+        if len(mine) >= limit:
             detached = [s for s in mine if s.detached_at is not None]
             if not detached:
                 raise RateLimited(
-                    f"This API key already has {self.per_key} open WebSocket sessions. Close "
+                    f"This API key already has {limit} open WebSocket sessions. Close "
                     "one, or reuse a connection for more tasks.",
                     parameter="connectionSessionUUID",
                     retry_after=SESSION_RETRY_AFTER_S,
@@ -226,7 +228,14 @@ class Connection:
                 await self.refuse(raw)
                 refused = True
             else:
-                session = self.session or await self.anonymous_session()
+                try:
+                    session = self.session or await self.anonymous_session()
+                except EdgecapError as exc:  # too many sessions: this task is refused
+                    task_type, task_uuid = task_identity(raw)
+                    await self.send_now(
+                        Reply.of_error(exc, task_type=task_type, task_uuid=task_uuid)
+                    )
+                    continue
                 await self.start(raw, session)
         return refused
 
@@ -276,7 +285,7 @@ class Connection:
 
     async def anonymous_session(self) -> WsSession:
         """Without API keys, tasks may come before (or without) an authentication message."""
-        self.session = self.sessions.open(self.ctx.keys.identity(None), None)
+        self.session = self.sessions.open(self.ctx.keys.identity(None), None, keyed=False)
         await self.session.attach(self.writer, None)
         return self.session
 
