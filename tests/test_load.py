@@ -99,7 +99,7 @@ def server(
 ) -> Iterator[ServerProcess]:
     home = tmp_path_factory.mktemp("load-home")
     register(home, tiny_model_files)
-    env = {"EDGECAP_N_THREADS": "2", "EDGECAP_QUEUE_SIZE": "64"}
+    env = {"EDGECAP_N_THREADS": "2", "EDGECAP_QUEUE_SIZE": "64", "EDGECAP_SYNC_TIMEOUT_S": "600"}
     process = ServerProcess(home, env).start()
     try:
         yield process
