@@ -1,12 +1,13 @@
 # edgecap — two commands do everything on a fresh machine:
 #   make demo   create .venv, install, caption a sample image (tiny random model if no real one)
 #   make test   install test dependencies, lint, type-check, run the whole suite
+# While working: make test-fast (the unit tier: no real model, no servers in subprocesses).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: demo test lint typecheck pytest bench clean
+.PHONY: demo test test-fast lint typecheck pytest bench bench-rest clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -40,8 +41,15 @@ pytest: $(VENV)/.test
 
 test: lint typecheck pytest
 
+# The unit tier (tests marked neither `model` nor `slow`; see pyproject.toml).
+test-fast: $(VENV)/.test
+	$(PY) -m pytest -m "not model and not slow"
+
 bench: $(VENV)/.runtime
 	$(PY) -m tools.bench
+
+bench-rest: $(VENV)/.runtime
+	$(PY) -m tools.bench --scenario rest-overhead
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

@@ -23,6 +23,7 @@ an image is read, not before. Reference: docs/python-api.md.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import io
 import os
@@ -34,7 +35,15 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from edgecap.config import PIXELS_PER_TOKEN, Settings, load_settings
+from edgecap.config import (
+    MAX_SEED,
+    MAX_TEMPERATURE,
+    MAX_TOKENS_LIMIT,
+    MAX_TOP_K,
+    PIXELS_PER_TOKEN,
+    Settings,
+    load_settings,
+)
 from edgecap.errors import InvalidParameter, ModelNotReady
 from edgecap.records import CaptionRequest, CaptionResult, ModelFiles, Sampling, TokenPiece
 
@@ -48,6 +57,7 @@ else:
     ImageInput = Any
 
 _SAMPLING = Sampling()  # the defaults of every sampling option
+SAMPLING_FIELDS = {field.name for field in dataclasses.fields(Sampling)}
 
 
 class RandomWeightsWarning(UserWarning):
@@ -63,13 +73,17 @@ class CallOptions(BaseModel):
     json_schema: dict[str, Any] | None = Field(
         None, description="constrain the answer to this JSON schema; {} = any JSON object"
     )
-    max_tokens: int | None = Field(None, ge=1, le=8192, description="default: Settings'")
-    temperature: float = Field(_SAMPLING.temperature, ge=0.0, le=2.0, description="0 = greedy")
+    max_tokens: int | None = Field(
+        None, ge=1, le=MAX_TOKENS_LIMIT, description="default: Settings'"
+    )
+    temperature: float = Field(
+        _SAMPLING.temperature, ge=0.0, le=MAX_TEMPERATURE, description="0 = greedy"
+    )
     top_p: float = Field(_SAMPLING.top_p, ge=0.0, le=1.0)
-    top_k: int = Field(_SAMPLING.top_k, ge=0, le=1000, description="0 = off")
+    top_k: int = Field(_SAMPLING.top_k, ge=0, le=MAX_TOP_K, description="0 = off")
     min_p: float = Field(_SAMPLING.min_p, ge=0.0, le=1.0)
     repeat_penalty: float = Field(_SAMPLING.repeat_penalty, gt=0.0, le=2.0, description="1 = off")
-    seed: int = Field(_SAMPLING.seed, ge=0, le=2**32 - 1)
+    seed: int = Field(_SAMPLING.seed, ge=0, le=MAX_SEED)
     min_pixels: int | None = Field(None, ge=PIXELS_PER_TOKEN, description="image budget floor")
     max_pixels: int | None = Field(None, ge=PIXELS_PER_TOKEN, description="image budget")
 
@@ -93,15 +107,7 @@ class CallOptions(BaseModel):
         return value
 
     def sampling(self, settings: Settings) -> Sampling:
-        return Sampling(
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            min_p=self.min_p,
-            repeat_penalty=self.repeat_penalty,
-            seed=self.seed,
-            max_tokens=self.max_tokens or settings.max_tokens,
-        )
+        return settings.sampling_for(**self.model_dump(include=SAMPLING_FIELDS))
 
 
 CAPTION_OPTIONS: tuple[str, ...] = tuple(CallOptions.model_fields)

@@ -14,6 +14,7 @@ from pydantic import BeforeValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edgecap.logs import LogFormat, LogLevel
+from edgecap.records import Sampling
 
 PIXELS_PER_TOKEN = 28 * 28  # one image token = a 28x28 pixel cell after the 2x2 merge
 
@@ -30,6 +31,7 @@ CEILING_MAX_PIXELS = 4096 * PIXELS_PER_TOKEN
 MAX_TOKENS_LIMIT = 8192  # the longest answer anyone may ask for
 MAX_TEMPERATURE = 2.0  # temperature runs from 0 (greedy) to this
 MAX_SEED = 2**32 - 1  # seeds run from 0 to this (llama.cpp's uint32)
+MAX_TOP_K = 1000  # top_k runs from 0 (off) to this
 MAX_TTL_S = 365 * 24 * 3600  # results are kept at most a year, whatever ttl asks: not an archive
 
 DEFAULT_PROMPT = (
@@ -108,6 +110,13 @@ class Settings(BaseSettings):
     task_timeout_s: float = Field(
         600.0, gt=0, description="Wall-clock limit of one caption in the engine process"
     )
+    parallel: int = Field(
+        4,
+        ge=1,
+        le=4,
+        description="Tasks the server decodes together in one batch (at most the engine's 4 "
+        "sequence slots); 1 = one task at a time",
+    )
 
     # Server
     host: str = "127.0.0.1"
@@ -139,6 +148,12 @@ class Settings(BaseSettings):
     # Logging (the server and its engine process; see edgecap.logs)
     log_level: Annotated[LogLevel, BeforeValidator(_upper)] = "INFO"
     log_format: LogFormat = Field("text", description="text, or json: one JSON object a line")
+
+    def sampling_for(self, **asked: Any) -> Sampling:
+        """The sampler settings of a request: what it asked (None: not asked), the defaults of
+        :class:`Sampling` for the rest, and this server's ``max_tokens`` unless it asked."""
+        given = {name: value for name, value in asked.items() if value is not None}
+        return Sampling(**{"max_tokens": self.max_tokens, **given})
 
     def system_prompt_for(self, asked: str | None) -> str | None:
         """The system prompt a request gets: its own, else the server's (may be None)."""

@@ -1,5 +1,8 @@
-"""Fixtures shared by the whole suite. Helpers append their own sections below; keep each
-section's fixtures together under its heading."""
+"""Fixtures shared by the whole suite, its isolation, and its tiers.
+
+Helpers (fakes, loopback servers, builders) live in ``tests.support``; test modules never
+import each other. Keep each section's fixtures together under its heading.
+"""
 
 from __future__ import annotations
 
@@ -10,19 +13,51 @@ import pytest
 from edgecap.convert import convert
 from edgecap.records import ModelFiles
 from edgecap.tiny import make_checkpoint
+from tests.support.env import clear_edgecap_variables, edgecap_variables
 
 # -- isolation -------------------------------------------------------------------------------
+
+STRAY_KEY = pytest.StashKey[dict[str, str]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Drop the shell's ``EDGECAP_*`` variables before anything reads them.
+
+    ``Settings`` reads ``EDGECAP_*`` whenever it is built, also at import or collection time,
+    so this runs first; subprocesses get the cleaned environment (tests.support.env.child_env).
+    """
+    config.stash[STRAY_KEY] = clear_edgecap_variables()
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    stray = config.stash.get(STRAY_KEY, {})
+    return f"ignoring from the shell: {', '.join(sorted(stray))}" if stray else None
 
 
 @pytest.fixture(autouse=True)
 def edgecap_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test gets its own EDGECAP_HOME, so nothing touches the real user directory."""
+    """Every test gets its own EDGECAP_HOME, so nothing touches the real user directory, and
+    no other ``EDGECAP_*`` variable (one an earlier test leaked would be removed here)."""
+    for name in edgecap_variables():
+        monkeypatch.delenv(name)
     home = tmp_path_factory.mktemp("edgecap-home")
     monkeypatch.setenv("EDGECAP_HOME", str(home))
     return home
 
 
-# -- the tiny checkpoint (edgecap.tiny) ------------------------------------------
+# -- tiers -----------------------------------------------------------------------------------
+
+MODEL_FIXTURES = {"tiny_checkpoint", "tiny_gguf", "tiny_model_files"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses the tiny model (any fixture below, directly or not) is ``model``."""
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.model)
+
+
+# -- the tiny checkpoint (edgecap.tiny) --------------------------------------------------------
 
 
 @pytest.fixture(scope="session")

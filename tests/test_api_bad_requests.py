@@ -12,21 +12,12 @@ from typing import Any
 
 import httpx
 import pytest
-from api_support import (
-    LiveServer,
-    api_settings,
-    b64,
-    data_uri,
-    install_model,
-    live_server,
-    new_uuid,
-    png_bytes,
-    post,
-)
 from PIL import Image
-from test_delivery import Receiver
 
 from edgecap.records import ModelFiles
+from tests.support.api import LiveServer, api_settings, install_model, live_server, new_uuid, post
+from tests.support.http import Receiver
+from tests.support.images import b64, data_uri, png_bytes
 
 KEY = "the-good-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}

@@ -8,40 +8,30 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from api_support import (
-    LiveServer,
-    api_settings,
-    b64,
-    data_uri,
-    image_host,
-    install_model,
-    live_server,
-    new_uuid,
-    png_bytes,
-    post,
-)
-from test_delivery import Receiver, wait_for
-from test_official_clients import RUNWARE_05, RUNWARE_SDK, client_dir, run_client
-from test_tasks import FakeClock
 
 from edgecap.config import Settings
 from edgecap.records import ModelFiles
+from tests.support.api import LiveServer, api_settings, install_model, live_server, new_uuid, post
+from tests.support.clients import RUNWARE_05, RUNWARE_SDK, client_dir, run_client
+from tests.support.env import child_env
+from tests.support.http import Receiver, free_port, image_host
+from tests.support.images import b64, data_uri, png_bytes
+from tests.support.tasks import FakeClock
+from tests.support.waiting import wait_until
 
 KEY = "proof-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 MAX_TOKENS = 8
 RESTART_TIMEOUT_S = 120.0
+KILL_TIMEOUT_S = 30.0
 
 
 def sample_photo() -> bytes:
@@ -156,12 +146,18 @@ def test_async_polling_webhook_upload_and_resends(server: LiveServer) -> None:
             "status": "processing",
         }
         assert (ack.status_code, ack.json()) == (200, {"data": [processing]})
-        statuses = []
-        while not statuses or statuses[-1] != "success":
+        statuses: list[str] = []
+
+        def succeeded() -> bool:
             statuses.append(poll(server, task["taskUUID"]).json()["data"][0]["status"])
+            return statuses[-1] == "success"
+
+        wait_until(succeeded, "the async task to succeed", RESTART_TIMEOUT_S)
         assert set(statuses[:-1]) <= {"processing"}
         result = poll(server, task["taskUUID"]).json()
-        wait_for(lambda: len(hook.received) == 2 and len(sink.received) == 1)
+        wait_until(
+            lambda: len(hook.received) == 2 and len(sink.received) == 1, "2 webhooks, 1 upload"
+        )
     finally:
         hook.close()
         sink.close()
@@ -188,20 +184,9 @@ def test_results_expire_to_task_expired(tmp_path: Path, tiny_model_files: ModelF
 # ---------------------------------------------------------------------------- 5: SIGKILL
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def start_serving(home: Path, port: int) -> subprocess.Popen[bytes]:
     """`python -m edgecap serve` in its own process group (so a kill takes its engine too)."""
-    env = {
-        **os.environ,
-        "EDGECAP_HOME": str(home),
-        "EDGECAP_N_THREADS": "2",
-        "PYTHONPATH": str(Path(__file__).parents[1]),
-    }
+    env = child_env(EDGECAP_HOME=str(home), EDGECAP_N_THREADS="2")
     process = subprocess.Popen(
         [sys.executable, "-m", "edgecap", "serve", "--port", str(port), "--api-key", KEY],
         env=env,
@@ -209,15 +194,16 @@ def start_serving(home: Path, port: int) -> subprocess.Popen[bytes]:
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    deadline = time.monotonic() + RESTART_TIMEOUT_S
-    while True:
+
+    def healthy() -> bool:
         assert process.poll() is None, "edgecap serve exited"
-        assert time.monotonic() < deadline, "edgecap serve did not come up"
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                return process
+            return httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
         except httpx.TransportError:
-            time.sleep(0.1)
+            return False
+
+    wait_until(healthy, "edgecap serve to come up", RESTART_TIMEOUT_S, 0.1)
+    return process
 
 
 def test_sigkill_with_tasks_queued_then_restart_finishes_them(
@@ -241,67 +227,19 @@ def test_sigkill_with_tasks_queued_then_restart_finishes_them(
         at_kill = httpx.post(url, json=polls, headers=AUTH, timeout=60).json()["data"]
     finally:
         os.killpg(process.pid, signal.SIGKILL)  # the server and its engine process
-        process.wait()
+        process.wait(KILL_TIMEOUT_S)
     assert [item["status"] for item in at_kill].count("processing") >= 2  # queued or running
     process = start_serving(home, port)
     try:
+        items: list[dict[str, Any]] = []
 
-        def finished() -> list[dict[str, Any]]:
-            return httpx.post(url, json=polls, headers=AUTH, timeout=60).json()["data"]
+        def all_succeeded() -> bool:
+            items[:] = httpx.post(url, json=polls, headers=AUTH, timeout=60).json()["data"]
+            return all(item["status"] == "success" for item in items)
 
-        deadline = time.monotonic() + RESTART_TIMEOUT_S
-        items = finished()
-        while any(item["status"] != "success" for item in items):
-            assert time.monotonic() < deadline, items
-            time.sleep(0.2)
-            items = finished()
+        wait_until(all_succeeded, "every task to finish after the restart", RESTART_TIMEOUT_S, 0.2)
         assert [item["taskUUID"] for item in items] == [t["taskUUID"] for t in tasks]
         assert all(isinstance(item["text"], str) for item in items)
     finally:
         os.killpg(process.pid, signal.SIGTERM)
-        process.wait(30)
-
-
-# ---------------------------------------------------------------------------- overhead
-
-
-def test_rest_round_trip_overhead_over_the_engines_own_time(
-    server: LiveServer, proof_settings: Settings, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Not a timing assertion: records the figures (printed; run with -s to see them).
-
-    overhead = client round trip - the engine's own compute (cost / cost_per_second), split
-    into the parent's view of the engine process (IPC, pickling) and everything else (HTTP,
-    validation, image decode, the durable submit and finish, waking the waiter).
-    """
-    image = b64(sample_photo())
-    samples = 20
-    with httpx.Client(headers=AUTH, timeout=120) as client:  # keep-alive, as SDKs do
-        client.post(server.url, json=[caption(image)])  # warm: image and prefix caches
-        round_trips, engine = [], []
-        for _ in range(samples):
-            started = time.perf_counter()
-            answer = client.post(server.url, json=[caption(image, includeCost=True)])
-            round_trips.append(time.perf_counter() - started)
-            engine.append(answer.json()["data"][0]["cost"] / proof_settings.cost_per_second)
-    stats = server.service.stats()["latency_seconds"]
-    run, queue = stats["run"][-samples:], stats["queue"][-samples:]
-    figures = {
-        "p50_round_trip_ms": statistics.median(round_trips),
-        "p50_engine_ms": statistics.median(engine),
-        "p50_overhead_ms": statistics.median(
-            r - e for r, e in zip(round_trips, engine, strict=True)
-        ),
-        "p50_engine_process_ipc_ms": statistics.median(
-            r - e for r, e in zip(run, engine, strict=True)
-        ),
-        "p50_server_side_ms": statistics.median(
-            t - r - q for t, r, q in zip(round_trips, run, queue, strict=True)
-        ),
-    }
-    with capsys.disabled():
-        print(
-            "\nREST overhead on the tiny model:",
-            {k: round(v * 1000, 1) for k, v in figures.items()},
-        )
-    assert all(own > 0 for own in engine) and len(run) == samples
+        process.wait(KILL_TIMEOUT_S)

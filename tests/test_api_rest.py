@@ -1,6 +1,6 @@
 """The REST API end to end: a real uvicorn server with the real TaskService, on a loopback port.
 
-The engine is the scripted fake from test_worker (it answers "<model> saw <prompt>" and takes
+The engine is tests.support.engines' scripted fake (it answers "<model> saw <prompt>" and takes
 2 s of measured compute per caption, so cost = 2 x cost_per_second); test_api_proof.py runs
 the same paths on the real tiny model.
 """
@@ -15,25 +15,15 @@ from typing import Any
 
 import httpx
 import pytest
-from api_support import (
-    LiveServer,
-    api_settings,
-    b64,
-    data_uri,
-    image_host,
-    install_model,
-    jpeg_bytes,
-    live_server,
-    new_uuid,
-    png_bytes,
-    post,
-)
 from PIL import Image
-from test_delivery import Receiver, wait_for
-from test_tasks import FakeClock
-from test_worker import ScriptedEngineFactory
 
 from edgecap.config import DEFAULT_PROMPT
+from tests.support.api import LiveServer, api_settings, install_model, live_server, new_uuid, post
+from tests.support.engines import ScriptedEngineFactory
+from tests.support.http import Receiver, image_host
+from tests.support.images import b64, data_uri, jpeg_bytes, png_bytes
+from tests.support.tasks import FakeClock
+from tests.support.waiting import wait_until
 
 COST = 0.0004  # the scripted engine reports 2.0 s of compute; cost_per_second is 0.0002
 
@@ -193,7 +183,7 @@ def test_async_acknowledges_then_polling_sees_processing_then_success(server: Li
     assert (answer.status_code, answer.json()) == (200, {"data": [processing]})
     poll = [{"taskType": "getResponse", "taskUUID": task["taskUUID"]}]
     assert post(server, poll).json() == {"data": [processing]}
-    wait_for(lambda: post(server, poll).json()["data"][0]["status"] == "success")
+    wait_until(lambda: post(server, poll).json()["data"][0]["status"] == "success", "success")
     assert post(server, poll).json()["data"][0]["text"] == "default saw sleep:1.5"
 
 
@@ -275,7 +265,9 @@ def test_webhook_retried_after_a_500_and_upload_put(server: LiveServer) -> None:
             uploadEndpoint=sink.url("/put/caption.txt"),
         )
         assert post(server, [task]).status_code == 200
-        wait_for(lambda: len(hook.received) == 2 and len(sink.received) == 1)
+        wait_until(
+            lambda: len(hook.received) == 2 and len(sink.received) == 1, "2 webhooks, 1 upload"
+        )
     finally:
         hook.close()
         sink.close()
@@ -368,7 +360,7 @@ def test_sync_timeout_is_504_and_the_task_goes_on(slow_server: LiveServer) -> No
     error = answer.json()["errors"][0]
     assert (error["code"], error["taskUUID"]) == ("timeoutProvider", task["taskUUID"])
     poll = [{"taskType": "getResponse", "taskUUID": task["taskUUID"]}]
-    wait_for(lambda: post(slow_server, poll).json()["data"][0]["status"] == "success")
+    wait_until(lambda: post(slow_server, poll).json()["data"][0]["status"] == "success", "success")
 
 
 def test_a_full_queue_is_429_with_retry_after(slow_server: LiveServer) -> None:
@@ -376,7 +368,7 @@ def test_a_full_queue_is_429_with_retry_after(slow_server: LiveServer) -> None:
         caption_task(b64(png_bytes()), prompt="sleep:2", deliveryMethod="async") for _ in range(2)
     ]  # one runs, one waits: the queue is full
     assert [post(slow_server, [task]).status_code for task in busy] == [200, 200]
-    wait_for(lambda: slow_server.service.queue_depth() == 1)
+    wait_until(lambda: slow_server.service.queue_depth() == 1, "one queued task")
     refused = post(slow_server, [caption_task(b64(png_bytes()), deliveryMethod="async")])
     assert refused.status_code == 429
     error = refused.json()["errors"][0]
@@ -391,7 +383,7 @@ def test_a_full_queue_is_429_before_any_image_is_fetched_or_decoded(
         caption_task(b64(png_bytes()), prompt="sleep:2", deliveryMethod="async") for _ in range(2)
     ]
     assert [post(slow_server, [task]).status_code for task in busy] == [200, 200]
-    wait_for(lambda: slow_server.service.queue_depth() == 1)
+    wait_until(lambda: slow_server.service.queue_depth() == 1, "one queued task")
     # fetched, this image would be downloadFailed; decoded, this one invalidInputImage
     for image in ("http://127.0.0.1:1/cat.png", "bm90IGFuIGltYWdl"):
         refused = post(slow_server, [caption_task(image, deliveryMethod="async")])

@@ -8,9 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-from api_support import b64, data_uri, jpeg_bytes, png_bytes
 from PIL import Image
-from test_tasks import FakeClock
 
 from edgecap.cli import main
 from edgecap.config import Settings
@@ -25,6 +23,8 @@ from edgecap.inputs import images
 from edgecap.server.auth import ApiKeys, bearer_key, check_bind, is_loopback, load_key_file
 from edgecap.server.jobs import fingerprint, job_uuids, storable_task
 from edgecap.server.uploads import UploadStore, is_media_uuid, wire_image
+from tests.support.images import b64, data_uri, jpeg_bytes, png_bytes
+from tests.support.tasks import FakeClock
 
 # ---------------------------------------------------------------------------- keys
 

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import io
+import contextlib
 import json
 import os
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from edgecap.batch import (
-    JOURNAL_NAME,
+    JOURNAL_SUFFIX,
+    AlreadyDone,
     Captioned,
     CaptionOptions,
     Failed,
@@ -23,80 +22,17 @@ from edgecap.batch import (
     Outcome,
     RunOptions,
     Skipped,
+    Summary,
     caption_many,
     find_images,
 )
 from edgecap.config import Settings, load_settings
 from edgecap.errors import ContextOverflow, EdgecapError, InvalidParameter, MissingInputImage
 from edgecap.protocol import result_item
-from edgecap.records import CaptionRequest, CaptionResult, Sampling, TokenPiece
-
-FAKE_TIMINGS = {"load_image": 0.5, "encode": 1.0, "prefill": 0.25, "generate": 0.25}  # 2 s
-
-
-class FakeEngine:
-    """The engine interface with scripted output: ``a WxH image``, streamed word by word.
-
-    Records every request. ``fail`` may return an error to raise for a request.
-    """
-
-    def __init__(
-        self,
-        model_id: str = "fake-model",
-        fail: Callable[[CaptionRequest], EdgecapError | None] | None = None,
-        before_stream: Callable[[CaptionRequest], None] | None = None,
-    ) -> None:
-        self.model_id = model_id
-        self.requests: list[CaptionRequest] = []
-        self.counters = {"image_encodes": 0, "image_cache_hits": 0, "prefix_cache_hits": 0}
-        self.closed = False
-        self._fail = fail
-        self._before_stream = before_stream
-
-    def stream(self, request: CaptionRequest) -> Iterator[TokenPiece | CaptionResult]:
-        self.requests.append(request)
-        if self._before_stream is not None:
-            self._before_stream(request)
-        error = self._fail(request) if self._fail is not None else None
-        if error is not None:
-            raise error
-        image = request.image
-        assert image is not None
-        self.counters["image_encodes"] += 1
-        text = f"a {image.width}x{image.height} image"
-        words = text.split(" ")
-        for i, word in enumerate(words):
-            yield TokenPiece(word if i == 0 else f" {word}")
-        yield CaptionResult(
-            text=text,
-            finish_reason="stop",
-            prompt_tokens=20 + image.tokens,
-            image_tokens=image.tokens,
-            generated_tokens=len(words),
-            timings=dict(FAKE_TIMINGS),
-            model=self.model_id,
-        )
-
-    def caption(self, request: CaptionRequest) -> CaptionResult:
-        for item in self.stream(request):
-            if isinstance(item, CaptionResult):
-                return item
-        raise AssertionError("no result")
-
-    def close(self) -> None:
-        self.closed = True
-
-
-def write_png(path: Path, size: tuple[int, int] = (56, 56), color: str = "red") -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, color).save(path, format="PNG")
-    return path
-
-
-def png_bytes(size: tuple[int, int], color: str) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, color).save(buffer, format="PNG")
-    return buffer.getvalue()
+from edgecap.records import CaptionRequest, CaptionResult, Sampling
+from tests.support.engines import FAKE_TIMINGS, FakeEngine
+from tests.support.images import png_bytes, write_png
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
@@ -206,7 +142,7 @@ def test_results_go_to_jsonl_and_sidecars_then_the_journal(
     items = find_images([str(folder)])
     engine, outcomes, line = run_batch(items, settings, RunOptions(jsonl=out, sidecars=True))
 
-    assert line == "3 captioned, 0 failed, 0 skipped"
+    assert line == "3 captioned, 0 failed, 0 already in the output, 0 skipped"
     assert [r.image.width for r in engine.requests if r.image] == [56, 84, 56]
     assert {r.prompt for r in engine.requests} == {"Describe."}
     assert (folder / "a.txt").read_text() == "a 56x56 image"
@@ -218,8 +154,11 @@ def test_results_go_to_jsonl_and_sidecars_then_the_journal(
         (str(folder / "sub" / "c.png"), "a 56x84 image"),
     ]
     assert all(list(x) == ["image", "taskType", "taskUUID", "status", "text"] for x in lines)
-    journal = [json.loads(x) for x in (settings.home / JOURNAL_NAME).read_text().splitlines()]
+    journal_file = tmp_path / f"results.jsonl{JOURNAL_SUFFIX}"
+    journal = [json.loads(x) for x in journal_file.read_text().splitlines()]
     assert [j["image"] for j in journal] == [x["image"] for x in lines]
+    assert [j["task"] for j in journal] == [x["taskUUID"] for x in lines]
+    assert not list(settings.home.iterdir())  # no global journal
     assert all(isinstance(o, Captioned) for o in outcomes)
 
 
@@ -241,7 +180,7 @@ def test_a_bad_file_is_reported_and_the_run_goes_on(folder: Path, settings: Sett
     items = find_images([str(folder)])
     engine, outcomes, line = run_batch(items, settings)
 
-    assert line == "3 captioned, 1 failed, 0 skipped"
+    assert line == "3 captioned, 1 failed, 0 already in the output, 0 skipped"
     failed = [o for o in outcomes if isinstance(o, Failed)]
     assert [f.image.name for f in failed] == [str(folder / "broken.jpg")]
     assert failed[0].error.code == "invalidInputImage"
@@ -255,7 +194,7 @@ def test_an_engine_error_fails_that_image_only(folder: Path, settings: Settings)
 
     items = find_images([str(folder)])
     _, outcomes, line = run_batch(items, settings, engine=FakeEngine(fail=too_wide))
-    assert line == "2 captioned, 1 failed, 0 skipped"
+    assert line == "2 captioned, 1 failed, 0 already in the output, 0 skipped"
     assert [type(o).__name__ for o in outcomes] == ["Captioned", "Failed", "Captioned"]
 
 
@@ -263,13 +202,13 @@ def test_existing_sidecars_are_skipped_unless_overwrite(folder: Path, settings: 
     (folder / "b.txt").write_text("hand-written caption")
     items = find_images([str(folder)])
     _, outcomes, line = run_batch(items, settings, RunOptions(sidecars=True))
-    assert line == "2 captioned, 0 failed, 1 skipped"
+    assert line == "2 captioned, 0 failed, 0 already in the output, 1 skipped"
     assert (folder / "b.txt").read_text() == "hand-written caption"
     skipped = next(o for o in outcomes if isinstance(o, Skipped))
     assert skipped.reason == f"{folder / 'b.txt'} exists (--overwrite redoes it)"
 
     _, _, line = run_batch(items, settings, RunOptions(sidecars=True, overwrite=True))
-    assert line == "3 captioned, 0 failed, 0 skipped"
+    assert line == "3 captioned, 0 failed, 0 already in the output, 0 skipped"
     assert (folder / "b.txt").read_text() == "a 84x56 image"
 
 
@@ -279,7 +218,7 @@ def test_two_images_sharing_a_sidecar_name(tmp_path: Path, settings: Settings) -
     Image.new("RGB", (56, 56)).save(tmp_path / "x.jpg", format="JPEG")
     items = find_images([str(tmp_path)])
     _, outcomes, line = run_batch(items, settings, RunOptions(sidecars=True))
-    assert line == "2 captioned, 1 failed, 0 skipped"
+    assert line == "2 captioned, 1 failed, 0 already in the output, 0 skipped"
     failed = next(o for o in outcomes if isinstance(o, Failed))
     assert failed.image.name == str(tmp_path / "x.png")
     assert failed.error.message == (
@@ -300,37 +239,41 @@ def test_resume_skips_what_was_done_for_the_same_job_only(
     items = find_images([str(folder)])
     run_batch(items, settings, RunOptions(jsonl=out))
 
-    engine, _, line = run_batch(items, settings, RunOptions(jsonl=out, resume=True))
-    assert (line, len(engine.requests)) == ("0 captioned, 0 failed, 3 skipped", 0)
+    engine, outcomes, line = run_batch(items, settings, RunOptions(jsonl=out, resume=True))
+    assert (line, len(engine.requests)) == (
+        "0 captioned, 0 failed, 3 already in the output, 0 skipped",
+        0,
+    )
+    assert all(isinstance(o, AlreadyDone) for o in outcomes)
 
     # A changed file, prompt, budget or model is a new job for that image.
     write_png(folder / "a.png", (56, 56), "yellow")
     engine, _, line = run_batch(items, settings, RunOptions(jsonl=out, resume=True))
-    assert line == "1 captioned, 0 failed, 2 skipped"
+    assert line == "1 captioned, 0 failed, 2 already in the output, 0 skipped"
     other = CaptionOptions(prompt="Other.", sampling=OPTIONS.sampling)
     _, _, line = run_batch(items, settings, RunOptions(jsonl=out, resume=True), options=other)
-    assert line == "3 captioned, 0 failed, 0 skipped"
+    assert line == "3 captioned, 0 failed, 0 already in the output, 0 skipped"
     engine = FakeEngine(model_id="another-model")
     _, _, line = run_batch(items, settings, RunOptions(jsonl=out, resume=True), engine=engine)
-    assert line == "3 captioned, 0 failed, 0 skipped"
+    assert line == "3 captioned, 0 failed, 0 already in the output, 0 skipped"
     # ... as is another destination.
     _, _, line = run_batch(items, settings, RunOptions(jsonl=tmp_path / "b.jsonl", resume=True))
-    assert line == "3 captioned, 0 failed, 0 skipped"
+    assert line == "3 captioned, 0 failed, 0 already in the output, 0 skipped"
     assert len(out.read_text().splitlines()) == 3 + 1 + 3 + 3
 
 
 def test_a_torn_last_line_is_cut_and_ignored(
     folder: Path, settings: Settings, tmp_path: Path
 ) -> None:
-    out, journal = tmp_path / "results.jsonl", tmp_path / "journal.jsonl"
+    out, journal = tmp_path / "results.jsonl", tmp_path / f"results.jsonl{JOURNAL_SUFFIX}"
     items = find_images([str(folder)])
-    run_batch(items[:1], settings, RunOptions(jsonl=out, journal=journal))
+    run_batch(items[:1], settings, RunOptions(jsonl=out))
     for path in (out, journal):
         with path.open("ab") as f:
             f.write(b'{"image": "half a li')  # a process killed mid-write
 
-    _, _, line = run_batch(items, settings, RunOptions(jsonl=out, journal=journal, resume=True))
-    assert line == "2 captioned, 0 failed, 1 skipped"
+    _, _, line = run_batch(items, settings, RunOptions(jsonl=out, resume=True))
+    assert line == "2 captioned, 0 failed, 1 already in the output, 0 skipped"
     for path in (out, journal):
         lines = [json.loads(x) for x in path.read_text().splitlines()]  # all parse
         assert [x["image"] for x in lines] == [i.name for i in items]
@@ -344,13 +287,13 @@ def test_nothing_is_journaled_when_the_output_cannot_be_written(
     items = find_images([str(folder)])
     with pytest.raises(EdgecapError, match=r"^Could not open .*results.jsonl for writing"):
         run_batch(items, settings, RunOptions(jsonl=out))
-    assert not (settings.home / JOURNAL_NAME).exists()
+    assert not (tmp_path / f"results.jsonl{JOURNAL_SUFFIX}").exists()
 
 
 def test_a_non_file_has_no_sidecar(settings: Settings) -> None:
     items = [ImageItem("https://example.com/x.png")]
     _, outcomes, line = run_batch(items, settings, RunOptions(sidecars=True))
-    assert line == "0 captioned, 1 failed, 0 skipped"
+    assert line == "0 captioned, 1 failed, 0 already in the output, 0 skipped"
     assert isinstance(outcomes[0], Failed)
     assert outcomes[0].error.message == (
         "https://example.com/x.png is not a file, so it has no sidecar: write its result with "
@@ -398,24 +341,193 @@ def test_the_next_image_loads_while_the_engine_generates(
     def feed_second(request: CaptionRequest) -> None:
         if fed.is_set():
             return
-        deadline = time.monotonic() + 30  # a guard against hanging, not a measurement
-        while True:
-            try:
-                fd = os.open(second, os.O_WRONLY | os.O_NONBLOCK)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail("the second image was not being read during the first caption")
-                time.sleep(0.01)
+        opened: list[int] = []
+
+        def open_for_writing() -> bool:  # fails while nobody reads the pipe
+            with contextlib.suppress(OSError):
+                opened.append(os.open(second, os.O_WRONLY | os.O_NONBLOCK))
+            return bool(opened)
+
+        wait_until(open_for_writing, "a reader of the second image during the first caption")
+        fd = opened[0]
         os.set_blocking(fd, True)
-        os.write(fd, png_bytes((84, 84), "white"))
+        os.write(fd, png_bytes(84, 84, "white"))
         os.close(fd)
         fed.set()
 
     engine = FakeEngine(before_stream=feed_second)
     _, outcomes, line = run_batch([ImageItem(first), ImageItem(second)], settings, engine=engine)
-    assert line == "2 captioned, 0 failed, 0 skipped"
+    assert line == "2 captioned, 0 failed, 0 already in the output, 0 skipped"
     assert [o.result.text for o in outcomes if isinstance(o, Captioned)] == [
         "a 56x56 image",
         "a 84x84 image",
     ]
+
+
+# ---------------------------------------------------------------------------- what resume trusts
+
+
+def read_lines(path: Path) -> list[dict[str, object]]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_resume_trusts_the_output_not_the_journal(
+    folder: Path, settings: Settings, tmp_path: Path
+) -> None:
+    out = tmp_path / "results.jsonl"
+    journal = tmp_path / f"results.jsonl{JOURNAL_SUFFIX}"
+    items = find_images([str(folder)])
+    run_batch(items, settings, RunOptions(jsonl=out))
+    lines = out.read_text().splitlines()
+    out.write_text(lines[0] + "\n" + lines[2] + "\n")  # b.png's line deleted
+
+    engine, outcomes, line = caption_and_summary(
+        items, settings, RunOptions(jsonl=out, resume=True)
+    )
+    assert line == "1 captioned, 0 failed, 2 already in the output, 0 skipped"
+    assert [r.image.width for r in engine.requests if r.image] == [84]  # b.png only
+    assert sorted(str(x["image"]) for x in read_lines(out)) == sorted(i.name for i in items)
+    assert outcomes.redone == {f"its line is missing from {out}": 1}
+    # The entry whose line was gone is pruned: one entry per line of the output.
+    assert sorted(j["task"] for j in read_lines(journal)) == sorted(
+        x["taskUUID"] for x in read_lines(out)
+    )
+
+
+def caption_and_summary(
+    items: list[ImageItem], settings: Settings, run: RunOptions
+) -> tuple[FakeEngine, Summary, str]:
+    engine = FakeEngine()
+    summary = caption_many(items, engine, settings, OPTIONS, run)
+    return engine, summary, summary.line()
+
+
+def test_a_line_written_just_before_a_crash_counts_by_name(
+    folder: Path, settings: Settings, tmp_path: Path
+) -> None:
+    # Killed after the result line was fsynced, before its journal line: nothing is redone.
+    out = tmp_path / "results.jsonl"
+    journal = tmp_path / f"results.jsonl{JOURNAL_SUFFIX}"
+    items = find_images([str(folder)])
+    run_batch(items, settings, RunOptions(jsonl=out))
+    journal.write_text("".join(journal.read_text().splitlines(keepends=True)[:2]))
+
+    engine, _, line = run_batch(items, settings, RunOptions(jsonl=out, resume=True))
+    assert (line, engine.requests) == (
+        "0 captioned, 0 failed, 3 already in the output, 0 skipped",
+        [],
+    )
+    assert len(read_lines(out)) == 3
+
+
+def test_a_missing_or_edited_sidecar_is_redone_or_kept(
+    folder: Path, settings: Settings, tmp_path: Path
+) -> None:
+    out = tmp_path / "results.jsonl"
+    items = find_images([str(folder)])
+    both = RunOptions(jsonl=out, sidecars=True, resume=True)
+    run_batch(items, settings, both)
+    (folder / "a.txt").unlink()
+    (folder / "b.txt").write_text("edited by hand")
+
+    engine, summary, line = caption_and_summary(items, settings, both)
+    # a.png is captioned again; b.png's sidecar is no longer the journaled result, but it
+    # exists, and a run without --overwrite never replaces a sidecar.
+    assert line == "1 captioned, 0 failed, 1 already in the output, 1 skipped"
+    assert [r.image.width for r in engine.requests if r.image] == [56]
+    assert (folder / "a.txt").read_text() == "a 56x56 image"
+    assert (folder / "b.txt").read_text() == "edited by hand"
+    assert summary.redone == {"its sidecar is missing": 1}
+
+    overwrite = RunOptions(jsonl=out, sidecars=True, resume=True, overwrite=True)
+    _, summary, line = caption_and_summary(items, settings, overwrite)
+    assert line == "1 captioned, 0 failed, 2 already in the output, 0 skipped"
+    assert summary.redone == {"its sidecar was changed": 1}
+    assert (folder / "b.txt").read_text() == "a 84x56 image"
+
+
+def test_a_sidecar_only_run_keeps_its_journal_in_the_folder(
+    folder: Path, settings: Settings
+) -> None:
+    items = find_images([str(folder)])
+    sidecars = RunOptions(sidecars=True, overwrite=True, resume=True)
+    run_batch(items, settings, sidecars)
+    journal = folder / ".edgecap-journal.jsonl"
+    assert [j["image"] for j in read_lines(journal)] == [i.name for i in items]
+    assert find_images([str(folder)]) == items  # a hidden file: never taken for an image
+
+    (folder / "sub" / "c.txt").unlink()
+    engine, _, line = run_batch(items, settings, sidecars)
+    assert line == "1 captioned, 0 failed, 2 already in the output, 0 skipped"
+    assert [r.image.height for r in engine.requests if r.image] == [84]
+
+
+def test_a_file_name_that_is_not_utf8_resumes(tmp_path: Path, settings: Settings) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    raw = os.path.join(os.fsencode(folder), b"caf\xe9.png")  # Latin-1, not UTF-8
+    Image.new("RGB", (56, 56)).save(raw, format="PNG")
+    out = tmp_path / "results.jsonl"
+    items = find_images([str(folder)])
+    run = RunOptions(jsonl=out, sidecars=True, resume=True)
+    _, _, line = run_batch(items, settings, run)
+    assert line == "1 captioned, 0 failed, 0 already in the output, 0 skipped"
+    [record] = read_lines(out)  # valid UTF-8 JSON, the name escaped
+    assert os.fsencode(str(record["image"])) == raw
+    assert os.path.exists(raw[: -len(b".png")] + b".txt")
+
+    engine, _, line = run_batch(items, settings, run)
+    assert (line, engine.requests) == (
+        "0 captioned, 0 failed, 1 already in the output, 0 skipped",
+        [],
+    )
+
+
+# ---------------------------------------------------------------------------- manifests
+
+
+def test_manifests_list_paths_and_urls_in_jsonl_csv_and_parquet(folder: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    lists = folder.parent / "lists"
+    lists.mkdir()
+    (lists / "m.jsonl").write_text(
+        f'{{"image": "{folder / "a.png"}"}}\n"../photos/b.png"\n\n{{"url": "https://x.org/c.jpg"}}\n'
+    )
+    (lists / "m.csv").write_text(f"path,label\n{folder / 'a.png'},cat\n../photos/b.png,dog\n")
+    table = pa.table({"image": [str(folder / "a.png"), "https://x.org/c.jpg"]})
+    pq.write_table(table, lists / "m.parquet")
+
+    assert [i.source for i in find_images([str(lists / "m.jsonl")])] == [
+        folder / "a.png",
+        lists / "../photos/b.png",
+        "https://x.org/c.jpg",
+    ]
+    assert [i.source for i in find_images([str(lists / "m.csv")])] == [
+        folder / "a.png",
+        lists / "../photos/b.png",
+    ]
+    assert [i.name for i in find_images([str(lists / "m.parquet")])] == [
+        str(folder / "a.png"),
+        "https://x.org/c.jpg",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("m.jsonl", "[1, 2]\n", "m.jsonl line 1 must be a JSON object or a string."),
+        ("m.jsonl", '{"file": "a.png"}\n', "m.jsonl line 1 has no image: give it an 'image',"),
+        ("m.jsonl", "{oops\n", "m.jsonl line 1 is not JSON."),
+        ("m.csv", "", "The manifest {lists}/m.csv lists no image."),
+        ("m.csv", "image\n\n", "m.csv row 2 has no image."),
+    ],
+)
+def test_a_bad_manifest_is_refused_before_any_work(
+    tmp_path: Path, name: str, content: str, message: str
+) -> None:
+    (tmp_path / name).write_text(content)
+    with pytest.raises(InvalidParameter) as caught:
+        find_images([str(tmp_path / name)])
+    assert message.format(lists=tmp_path) in caught.value.message

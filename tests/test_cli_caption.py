@@ -9,33 +9,27 @@ import os
 import re
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from subprocess import DEVNULL
 
 import pytest
-from test_batch import FakeEngine, write_png
 
 from edgecap.cli import caption as caption_cmd
 from edgecap.cli import main
 from edgecap.config import DEFAULT_PROMPT, Settings, load_settings
 from edgecap.records import ModelFiles, Sampling
 from edgecap.registry import Registry
+from tests.support.engines import FakeEngine
+from tests.support.env import child_env
+from tests.support.images import write_png
+from tests.support.models import register
+from tests.support.waiting import wait_until
 
 NOTICE = (
     "using the demo model edgecap-tiny-random: its weights are random, captions are noise; "
     "get the real model with: edgecap models pull qwen2.5-vl-7b-instruct\n"
 )
-
-
-def register(home: Path, name: str) -> None:
-    """Install a model by path: two placeholder files (the fake engine never reads them)."""
-    files = home / "registered" / name
-    files.mkdir(parents=True)
-    (files / "text.gguf").write_bytes(b"text")
-    (files / "mmproj.gguf").write_bytes(b"mmproj")
-    Registry(load_settings()).register_local(name, files / "text.gguf", files / "mmproj.gguf")
 
 
 @pytest.fixture
@@ -143,7 +137,7 @@ def test_flags_reach_the_request(
 @pytest.mark.usefixtures("mine", "engines")
 def test_several_images_as_text_and_jsonl(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, str(folder))
-    assert (code, err) == (0, "3 captioned, 0 failed, 0 skipped\n")
+    assert (code, err) == (0, "3 captioned, 0 failed, 0 already in the output, 0 skipped\n")
     assert out == (
         f"==> {folder / 'a.png'} <==\na 56x56 image\n"
         f"==> {folder / 'b.png'} <==\na 84x56 image\n"
@@ -164,12 +158,20 @@ def test_folder_to_files_prints_only_the_summary(
 ) -> None:
     out_file = tmp_path / "captions.jsonl"
     code, out, err = run(capsys, str(folder), "--out", str(out_file), "--sidecar")
-    assert (code, out, err) == (0, "", "3 captioned, 0 failed, 0 skipped\n")
+    assert (code, out, err) == (
+        0,
+        "",
+        "3 captioned, 0 failed, 0 already in the output, 0 skipped\n",
+    )
     assert (folder / "b.txt").read_text() == "a 84x56 image"
     assert len(out_file.read_text().splitlines()) == 3
 
     code, out, err = run(capsys, str(folder), "--out", str(out_file), "--resume")
-    assert (code, out, err) == (0, "", "0 captioned, 0 failed, 3 skipped\n")
+    assert (code, out, err) == (
+        0,
+        "",
+        "0 captioned, 0 failed, 3 already in the output, 0 skipped\n",
+    )
 
 
 @pytest.mark.usefixtures("mine", "engines")
@@ -187,7 +189,7 @@ def test_a_bad_file_is_reported_and_the_exit_code_says_so(
     first, summary = err.splitlines()
     assert first.startswith(f"{folder / 'broken.jpg'}: ")
     assert "not a jpeg" not in first and len(first) > len(str(folder / "broken.jpg")) + 10
-    assert summary == "3 captioned, 1 failed, 0 skipped"
+    assert summary == "3 captioned, 1 failed, 0 already in the output, 0 skipped"
 
 
 @pytest.mark.usefixtures("engines")
@@ -313,8 +315,6 @@ if __name__ == "__main__" and sys.argv[1:] == ["--update-docs"]:
 
 # ---------------------------------------------------------------------------- the real tiny model
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 def install_tiny(model: ModelFiles) -> None:
     """Register the session's tiny GGUF files as the demo model of this test's home."""
@@ -356,7 +356,7 @@ def test_real_folder_to_sidecars_and_jsonl_with_a_bad_file(
     notice, broken, summary = err.splitlines()
     assert notice + "\n" == NOTICE
     assert broken.startswith(f"{folder / 'broken.jpg'}: The file '{folder / 'broken.jpg'}' ")
-    assert summary == "3 captioned, 1 failed, 0 skipped"
+    assert summary == "3 captioned, 1 failed, 0 already in the output, 0 skipped"
     lines = [json.loads(line) for line in out_file.read_text().splitlines()]
     assert [x["image"] for x in lines] == [
         str(folder / "a.png"),
@@ -381,11 +381,11 @@ def test_real_resume_after_the_process_was_killed(
     # c.png is a named pipe: the run blocks reading it, right after journaling a and b.
     (photos / "c.png").unlink()
     os.mkfifo(photos / "c.png")
-    out_file, journal = tmp_path / "captions.jsonl", tmp_path / "journal.jsonl"
-    argv = ["caption", str(photos), "--out", str(out_file), "--journal", str(journal)]
+    out_file, journal = tmp_path / "captions.jsonl", tmp_path / "captions.jsonl.journal"
+    argv = ["caption", str(photos), "--out", str(out_file)]
     argv += ["--max-tokens", "6"]
 
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = child_env()
     with (tmp_path / "stderr.txt").open("wb") as stderr:
         process = subprocess.Popen(
             [sys.executable, "-m", "edgecap", *argv], env=env, stdout=DEVNULL, stderr=stderr
@@ -394,14 +394,17 @@ def test_real_resume_after_the_process_was_killed(
             wait_for_lines(journal, 2, process)
         finally:
             process.kill()
-            process.wait()
+            process.wait(30)
     before = out_file.read_text().splitlines()
     assert len(before) == 2 and len(journal.read_text().splitlines()) == 2
 
     (photos / "c.png").unlink()
     write_png(photos / "c.png", (112, 56), "blue")
     code, _, err = run(capsys, *argv[1:], "--resume")
-    assert (code, err.splitlines()[-1]) == (0, "4 captioned, 0 failed, 2 skipped")
+    assert (code, err.splitlines()[-1]) == (
+        0,
+        "4 captioned, 0 failed, 2 already in the output, 0 skipped",
+    )
     after = out_file.read_text().splitlines()
     assert after[:2] == before  # nothing lost, nothing redone
     assert [json.loads(line)["image"] for line in after] == [str(photos / n) for n in names]
@@ -410,8 +413,195 @@ def test_real_resume_after_the_process_was_killed(
 
 def wait_for_lines(path: Path, count: int, process: subprocess.Popen[bytes]) -> None:
     """Wait until ``path`` holds ``count`` lines (a guard against hanging, not a timing)."""
-    deadline = time.monotonic() + 300
-    while not (path.exists() and len(path.read_bytes().splitlines()) >= count):
+
+    def written() -> bool:
         assert process.poll() is None, "the captioning process ended before it was killed"
-        assert time.monotonic() < deadline, f"{path} never reached {count} lines"
-        time.sleep(0.05)
+        return path.exists() and len(path.read_bytes().splitlines()) >= count
+
+    wait_until(written, f"{path} to reach {count} lines", 300, 0.05)
+
+
+# ---------------------------------------------------------------- resume trusts the output
+
+
+@pytest.fixture
+def five(tmp_path: Path) -> Path:
+    """five/a.png .. five/e.png, of different sizes."""
+    for i, name in enumerate("abcde"):
+        write_png(tmp_path / "five" / f"{name}.png", (56 + 28 * i, 56), ("red", "blue")[i % 2])
+    return tmp_path / "five"
+
+
+def caption_lines(path: Path) -> dict[str, str]:
+    """image -> caption of every line in a JSONL output; each image must appear once."""
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    images = [r["image"] for r in records]
+    assert len(images) == len(set(images)), f"an image is captioned twice in {path}"
+    return {r["image"]: r["text"] for r in records}
+
+
+def summary_of(err: str) -> list[str]:
+    """The lines the run printed about itself (the random-weights notice left out)."""
+    return [line for line in err.splitlines() if line + "\n" != NOTICE]
+
+
+def test_real_resume_after_the_output_was_deleted_captions_everything_again(
+    tiny_model_files: ModelFiles, five: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    install_tiny(tiny_model_files)
+    out_file = tmp_path / "run.jsonl"
+    argv = [str(five), "--out", str(out_file), "--resume", "--max-tokens", "6"]
+    code, _, err = run(capsys, *argv)
+    assert (code, summary_of(err)) == (
+        0,
+        ["5 captioned, 0 failed, 0 already in the output, 0 skipped"],
+    )
+    first = caption_lines(out_file)
+    assert not list(Path(os.environ["EDGECAP_HOME"]).glob("*journal*"))  # none global
+
+    out_file.unlink()  # start over
+    code, _, err = run(capsys, *argv)
+    assert (code, summary_of(err)) == (
+        0,
+        [
+            f"resume: 5 journal entries re-done (5 because its line is missing from {out_file})",
+            "5 captioned, 0 failed, 0 already in the output, 0 skipped",
+        ],
+    )
+    assert caption_lines(out_file) == first  # greedy: the same captions
+    journal = out_file.with_name("run.jsonl.journal")
+    assert len(journal.read_text().splitlines()) == 5  # the stale entries were pruned
+
+    code, _, err = run(capsys, *argv)
+    assert (code, summary_of(err)) == (
+        0,
+        ["0 captioned, 0 failed, 5 already in the output, 0 skipped"],
+    )
+
+
+def test_real_resume_recaptions_exactly_a_deleted_line(
+    tiny_model_files: ModelFiles, five: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    install_tiny(tiny_model_files)
+    out_file = tmp_path / "run.jsonl"
+    argv = [str(five), "--out", str(out_file), "--max-tokens", "6"]
+    assert run(capsys, *argv)[0] == 0
+    first = caption_lines(out_file)
+    lines = out_file.read_text().splitlines(keepends=True)
+    out_file.write_text("".join(lines[:2] + lines[3:]))  # c.png's line deleted
+
+    code, _, err = run(capsys, *argv, "--resume")
+    assert (code, summary_of(err)[-1]) == (
+        0,
+        "1 captioned, 0 failed, 4 already in the output, 0 skipped",
+    )
+    after = out_file.read_text().splitlines(keepends=True)
+    assert after[:4] == lines[:2] + lines[3:]  # the others untouched
+    assert json.loads(after[4])["image"] == str(five / "c.png")
+    assert caption_lines(out_file) == first
+
+
+def test_real_resume_recaptions_a_deleted_sidecar(
+    tiny_model_files: ModelFiles, five: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    install_tiny(tiny_model_files)
+    out_file = tmp_path / "run.jsonl"
+    argv = [str(five), "--sidecar", "--out", str(out_file), "--max-tokens", "6", "--resume"]
+    assert run(capsys, *argv)[0] == 0
+    caption = (five / "d.txt").read_text(encoding="utf-8")
+    (five / "d.txt").unlink()
+
+    code, _, err = run(capsys, *argv)
+    assert (code, summary_of(err)) == (
+        0,
+        [
+            "resume: 1 journal entry re-done (1 because its sidecar is missing)",
+            "1 captioned, 0 failed, 4 already in the output, 0 skipped",
+        ],
+    )
+    assert (five / "d.txt").read_text(encoding="utf-8") == caption
+    records = [json.loads(line) for line in out_file.read_text().splitlines()]
+    # The JSONL output had d.png's line already: it gains a second line for the new result.
+    assert [r["image"] for r in records].count(str(five / "d.png")) == 2
+    assert len(records) == 6
+
+
+def test_real_an_output_moved_elsewhere_resumes_from_its_own_content(
+    tiny_model_files: ModelFiles, five: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    install_tiny(tiny_model_files)
+    first, moved = tmp_path / "first" / "run.jsonl", tmp_path / "moved" / "run.jsonl"
+    flags = ["--max-tokens", "6", "--resume"]
+    assert run(capsys, str(five / "[abc].png"), "--out", str(first), *flags)[0] == 0
+    moved.parent.mkdir()
+    for name in ("run.jsonl", "run.jsonl.journal"):
+        (first.parent / name).rename(moved.parent / name)
+
+    code, _, err = run(capsys, str(five), "--out", str(moved), *flags)
+    assert (code, summary_of(err)) == (
+        0,
+        ["2 captioned, 0 failed, 3 already in the output, 0 skipped"],
+    )
+    assert sorted(caption_lines(moved)) == [str(five / f"{n}.png") for n in "abcde"]
+
+    # Only the results file moved (no journal with it): its lines still count, by image.
+    alone = tmp_path / "alone" / "run.jsonl"
+    alone.parent.mkdir()
+    moved.rename(alone)
+    code, _, err = run(capsys, str(five), "--out", str(alone), *flags)
+    assert (code, summary_of(err)) == (
+        0,
+        ["0 captioned, 0 failed, 5 already in the output, 0 skipped"],
+    )
+
+    # The same output name in another directory is a new output: everything is captioned.
+    code, _, err = run(capsys, str(five), "--out", str(tmp_path / "fresh" / "run.jsonl"), *flags)
+    assert (code, summary_of(err)) == (
+        0,
+        ["5 captioned, 0 failed, 0 already in the output, 0 skipped"],
+    )
+
+
+@pytest.mark.usefixtures("mine", "engines")
+def test_a_file_name_that_is_not_utf8_prints_and_resumes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "photos"
+    write_png(folder / "a.png")
+    raw = os.path.join(os.fsencode(folder), b"caf\xe9.png")
+    write_png(Path(os.fsdecode(raw)))
+    out_file = tmp_path / "run.jsonl"
+    code, out, err = run(capsys, str(folder), "--out", str(out_file), "--output", "text")
+    assert (code, err) == (0, "2 captioned, 0 failed, 0 already in the output, 0 skipped\n")
+    assert f"==> {folder}/caf\ufffd.png <==" in out.splitlines()
+    code, out, err = run(capsys, str(folder), "--out", str(out_file), "--resume")
+    assert (code, out, err) == (
+        0,
+        "",
+        "0 captioned, 0 failed, 2 already in the output, 0 skipped\n",
+    )
+
+
+# ------------------------------------------------------ --ray flags (the cluster: test_ray.py)
+
+
+@pytest.mark.usefixtures("mine")
+def test_ray_without_ray_installed_says_how_to_install_it(
+    folder: Path,
+    engines: list[FakeEngine],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    code, out, err = run(capsys, str(folder), "--ray")
+    assert (code, out, engines) == (2, "", [])
+    assert err == "edgecap: error: --ray needs Ray, an optional extra: pip install 'edgecap[ray]'\n"
+
+
+@pytest.mark.usefixtures("mine")
+def test_engine_sizes_need_ray(
+    folder: Path, engines: list[FakeEngine], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, str(folder), "--engines", "2")
+    assert (code, engines) == (2, [])
+    assert err == "edgecap: error: --engines needs --ray: it sizes the engines of a cluster.\n"

@@ -9,14 +9,15 @@ import json
 from pathlib import Path
 
 import pytest
-from test_batch import FakeEngine
-from test_cli_caption import register
 
 from edgecap.cli import caption as caption_cmd
 from edgecap.cli import main
-from edgecap.config import Settings
+from edgecap.config import Settings, load_settings
+from edgecap.engine.hardware import recommend
 from edgecap.errors import InferenceError
 from edgecap.records import ModelFiles
+from tests.support.engines import FakeEngine
+from tests.support.models import register
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[str], str]:
@@ -44,7 +45,9 @@ def test_a_fresh_install_works_with_warnings(capsys: pytest.CaptureFixture[str])
     assert lines[0].startswith("ok    versions  edgecap 0.1.0, llama-cpp-python 0.3.36, llama.cpp ")
     assert lines[1].startswith("ok    backend   CPU, no GPU offload; devices: CPU (")
     assert lines[2].startswith("ok    threads   ") and lines[2].endswith(" (physical cores)")
+    advice = recommend()
     assert lines[3:] == [
+        f"ok    files     {advice.mmproj_type} projector recommended: {advice.reason}",
         "warn  models    no model installed",
         "                fix: install one: `edgecap models pull qwen2.5-vl-7b-instruct` "
         "(about 6 GB), or offline `edgecap models import PATH`",
@@ -74,10 +77,12 @@ def test_smoke_caption_on_the_demo_model_with_timings(
         ("versions", "ok"),
         ("backend", "ok"),
         ("threads", "ok"),
+        ("files", "ok"),
         ("models", "warn"),
         ("smoke", "ok"),
     ]
-    models, smoke = report["checks"][3:]
+    models, smoke = report["checks"][4:]
+    assert report["recommendations"]["mmproj_type"] == recommend().mmproj_type
     assert models["detail"] == (
         "1 installed; default edgecap-tiny-random (files verified), whose weights are random"
     )
@@ -99,8 +104,8 @@ def test_a_model_that_fails_verification_is_a_problem(
     text.write_bytes(b"TEXT")  # same size, other bytes
     code, lines, _ = run(capsys)
     assert code == 1
-    assert lines[3] == "fail  models    1 installed; default mine: its files fail verification"
-    assert lines[4].startswith(f"                fix: mine: sha256 mismatch for {text}: expected ")
+    assert lines[4] == "fail  models    1 installed; default mine: its files fail verification"
+    assert lines[5].startswith(f"                fix: mine: sha256 mismatch for {text}: expected ")
     assert lines[-1] == "1 problem(s), 1 warning(s): apply the fixes above"
 
 
@@ -145,3 +150,18 @@ def test_smoke_model_uses_the_named_model(
     assert lines[-2].startswith("ok    smoke     mine captioned the sample in ")
     assert lines[-1] == "edgecap works"
     assert [e.model_id for e in engines] == ["mine"]
+
+
+def test_the_projector_advice_compares_the_installed_file(
+    tiny_model_files: ModelFiles, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The tiny model's projector is f32: neither 16-bit type, so no warning, but reported."""
+    from edgecap.registry import Registry
+
+    Registry(load_settings()).register_local("tiny", tiny_model_files.text, tiny_model_files.mmproj)
+    _, lines, _ = run(capsys, "--output", "json", "--no-verify")
+    report = json.loads("\n".join(lines))
+    files = next(c for c in report["checks"] if c["name"] == "files")
+    assert (files["status"], files["installed_mmproj_type"]) == ("ok", "f32")
+    assert files["detail"].endswith("'s projector is f32")
+    assert set(report["recommendations"]) == {"mmproj_type", "mmproj_reason"}

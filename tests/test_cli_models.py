@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from test_registry import MMPROJ, TEXT_Q4, flip_one_byte, serve_mirror, sha256, write
 
 from edgecap.cli import main
+from tests.support.models import MMPROJ, TEXT_Q4, flip_one_byte, serve_mirror, sha256, write
 
 QWEN_7B = "qwen2.5-vl-7b-instruct"
 
@@ -17,8 +17,6 @@ QWEN_7B = "qwen2.5-vl-7b-instruct"
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "home"
     monkeypatch.setenv("EDGECAP_HOME", str(home))
-    for name in ("EDGECAP_MODEL", "EDGECAP_OFFLINE"):
-        monkeypatch.delenv(name, raising=False)
     return home
 
 

@@ -20,6 +20,7 @@ from safetensors.numpy import save_file
 
 import edgecap.convert.converter
 from edgecap.convert import convert
+from edgecap.convert.converter import OUTTYPES, projector_type_for
 from edgecap.engine.gguf_check import (
     check_mmproj,
     check_pair,
@@ -28,6 +29,7 @@ from edgecap.engine.gguf_check import (
     read_header,
     text_tensor_names,
 )
+from edgecap.engine.hardware import Recommendation, cpu_flags, recommend
 from edgecap.errors import ConversionError
 from edgecap.tiny import PRESETS, make_checkpoint
 from edgecap.tiny.tokenizer import CHAT_TEMPLATE
@@ -262,7 +264,8 @@ def test_tensor_types_follow_the_output_type(tiny_checkpoint: Path, tmp_path: Pa
         "q8_0": (Q8_0, F16, F32),
     }
     for outtype, (matrix, ffn_down, patch) in wanted.items():
-        text, mmproj = convert(tiny_checkpoint, tmp_path / outtype, outtype, progress=False)
+        out = tmp_path / outtype
+        text, mmproj = convert(tiny_checkpoint, out, outtype, progress=False, mmproj_type=outtype)
         assert check_pair(text, mmproj)[0].file_type == {"f16": 1, "bf16": 32, "q8_0": 7}[outtype]
         t, v = read_header(text).tensors, read_header(mmproj).tensors
         assert t["blk.0.attn_q.weight"].type == t["token_embd.weight"].type == matrix
@@ -277,7 +280,9 @@ def test_tensor_types_follow_the_output_type(tiny_checkpoint: Path, tmp_path: Pa
 def test_f16_values_are_the_checkpoint_rounded(
     tiny_checkpoint: Path, tiny_gguf: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    text, mmproj = convert(tiny_checkpoint, tmp_path, "f16", name="x", progress=False)
+    text, mmproj = convert(
+        tiny_checkpoint, tmp_path, "f16", name="x", progress=False, mmproj_type="f16"
+    )
     f32 = gguf_tensors(tiny_gguf[0]) | gguf_tensors(tiny_gguf[1])
     f16 = gguf_tensors(text) | gguf_tensors(mmproj)
     assert f16.keys() == f32.keys()
@@ -398,6 +403,7 @@ def test_bad_checkpoint_from_the_command_line(tiny_checkpoint: Path, tmp_path: P
         capture_output=True,
         text=True,
         check=False,
+        timeout=300,
     )
     assert run.returncode == 2
     assert "is truncated" in run.stderr and "Traceback" not in run.stderr
@@ -409,6 +415,25 @@ def test_unknown_outtype_is_refused(tiny_checkpoint: Path, tmp_path: Path) -> No
         convert(tiny_checkpoint, tmp_path, "q4_k_m")
 
 
+def test_the_projector_type_follows_the_cpu_for_16_bit_conversions(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    native = recommend().mmproj_type
+    text, mmproj = convert(tiny_checkpoint, tmp_path / "a", "f16", name="m", progress=False)
+    assert (text.name, mmproj.name) == ("m-f16.gguf", f"mmproj-m-{native}.gguf")
+    assert check_mmproj(mmproj).file_type == OUTTYPES[native].file_type
+    # an explicit type wins; f32 and q8_0 conversions keep the projector's type as asked
+    _, mmproj = convert(tiny_checkpoint, tmp_path / "b", "bf16", name="m", progress=False,
+                        mmproj_type="f16")  # fmt: skip
+    assert mmproj.name == "mmproj-m-f16.gguf"
+    assert projector_type_for("f32") == "f32" and projector_type_for("q8_0") == "q8_0"
+
+
+def test_an_unknown_projector_type_is_refused(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConversionError, match="Unknown mmproj_type 'q4_k_m'"):
+        convert(tiny_checkpoint, tmp_path, "f16", mmproj_type="q4_k_m")
+
+
 # -- outputs --------------------------------------------------------------------------------------
 
 
@@ -416,6 +441,7 @@ def test_existing_output_is_kept_unless_forced(
     tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     args = [str(tiny_checkpoint), "--outdir", str(tmp_path), "--name", "m", "--no-progress"]
+    args += ["--mmproj-type", "f16"]
     assert main(args) == 0
     written = [str(tmp_path / name) for name in ("m-f16.gguf", "mmproj-m-f16.gguf")]
     assert capsys.readouterr().out.split() == written
@@ -454,7 +480,7 @@ def test_interrupted_conversion_leaves_no_file(
 def test_llama_cpp_loads_the_converted_pair(
     tiny_gguf: tuple[Path, Path], tiny_checkpoint: Path
 ) -> None:
-    llama_cpp = pytest.importorskip("llama_cpp")
+    import llama_cpp
     from llama_cpp import mtmd_cpp
     from tokenizers import Tokenizer
 
@@ -480,3 +506,31 @@ def test_llama_cpp_loads_the_converted_pair(
         assert mtmd_cpp.mtmd_support_vision(ctx)
     finally:
         mtmd_cpp.mtmd_free(ctx)
+
+
+# -- the CPU's projector type (edgecap.engine.hardware) ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ({"avx2", "avx512f", "avx512_bf16"}, "bf16"),  # Zen 4, Cooper Lake and later
+        ({"avx2", "amx_bf16", "amx_int8"}, "bf16"),  # Sapphire Rapids
+        ({"fp", "asimd", "bf16"}, "bf16"),  # Arm with the BF16 extension
+        ({"avx2", "fma", "f16c"}, "f16"),  # Zen 3, most laptops
+        (set(), "f16"),  # unknown CPU
+    ],
+)
+def test_recommendation_by_cpu_flags(flags: set[str], expected: str) -> None:
+    got = recommend(frozenset(flags))
+    assert isinstance(got, Recommendation) and got.mmproj_type == expected
+    assert ("natively" in got.reason) == (expected == "bf16")
+
+
+def test_cpu_flags_read_x86_and_arm_cpuinfo(tmp_path: Path) -> None:
+    x86, arm = tmp_path / "x86", tmp_path / "arm"
+    x86.write_text("processor\t: 0\nflags\t\t: fpu AVX2 avx512_bf16\n\nprocessor\t: 1\n")
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd bf16\n")
+    assert cpu_flags(x86) == {"fpu", "avx2", "avx512_bf16"}
+    assert cpu_flags(arm) == {"fp", "asimd", "bf16"}
+    assert cpu_flags(tmp_path / "missing") == frozenset()

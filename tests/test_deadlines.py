@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_worker import READY_WAIT_S, ScriptedEngineFactory
 
 from edgecap.config import Settings
 from edgecap.errors import DownloadFailed, EdgecapError
@@ -24,8 +23,10 @@ from edgecap.records import CaptionRequest
 from edgecap.runtime.delivery import Deliverer, DeliveryFailed, send
 from edgecap.runtime.tasks import Outgoing, TaskStore
 from edgecap.runtime.worker import Worker, WorkerTimedOut, WorkItem
+from tests.support.engines import ScriptedEngineFactory
 
 JOIN_S = 60.0  # far above every deadline below: only a hang reaches it
+READY_WAIT_S = 60.0  # the engine child loading on a busy box
 
 
 class Trickler:
@@ -151,7 +152,7 @@ def test_concurrent_fetches_are_bounded(tmp_path: Path, trickler: Any) -> None:
 
 
 def test_a_slow_receiver_starves_neither_others_nor_shutdown(tmp_path: Path, trickler: Any) -> None:
-    from test_delivery import Receiver  # a fast receiver on another "destination"
+    from tests.support.http import Receiver  # a fast receiver on another "destination"
 
     slow = trickler("headers")
     fast = Receiver([])
@@ -176,7 +177,7 @@ def test_a_slow_receiver_starves_neither_others_nor_shutdown(tmp_path: Path, tri
 
 
 def _queue_deliveries(store: TaskStore, outgoing: list[Outgoing]) -> None:
-    from test_tasks import make_job
+    from tests.support.tasks import make_job
 
     for index, one in enumerate(outgoing):
         job = make_job(task_uuid=f"00000000-0000-4000-8000-{index:012d}")

@@ -6,14 +6,10 @@ import contextlib
 import json
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from test_tasks import make_job
 
 from edgecap.config import Settings
 from edgecap.runtime.delivery import (
@@ -25,62 +21,11 @@ from edgecap.runtime.delivery import (
     send,
 )
 from edgecap.runtime.tasks import Outgoing, TaskStore
+from tests.support.http import Received, Receiver
+from tests.support.tasks import make_job
+from tests.support.waiting import wait_until
 
 WAIT_S = 30.0
-
-
-@dataclass(frozen=True)
-class Received:
-    method: str
-    path: str
-    content_type: str
-    body: bytes
-    headers: dict[str, str] = field(default_factory=dict, compare=False)
-
-
-class Receiver:
-    """A local HTTP server that answers a scripted list of statuses (then 200) and records
-    every request it gets."""
-
-    def __init__(self, statuses: list[int]) -> None:
-        self.statuses = list(statuses)
-        self.received: list[Received] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _answer(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                receiver.received.append(
-                    Received(
-                        self.command,
-                        self.path,
-                        self.headers["Content-Type"],
-                        body,
-                        dict(self.headers.items()),
-                    )
-                )
-                status = receiver.statuses.pop(0) if receiver.statuses else 200
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            do_POST = do_PUT = _answer
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self.thread.start()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.server.server_port}{path}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
@@ -111,13 +56,6 @@ def store(settings: Settings) -> Iterator[TaskStore]:
     store = TaskStore(settings.db_path)
     yield store
     store.close()
-
-
-def wait_for(condition: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting for the condition"
-        time.sleep(0.02)
 
 
 def finish_with(store: TaskStore, outgoing: list[Outgoing]) -> str:
@@ -195,7 +133,7 @@ def test_webhook_is_retried_after_a_500_and_delivered(
     deliverer = Deliverer(store, settings, backoff_base_s=0.05)
     deliverer.start()
     try:
-        wait_for(lambda: store.delivery_counts()["delivered"] == 1)
+        wait_until(lambda: store.delivery_counts()["delivered"] == 1, "the delivery", WAIT_S)
     finally:
         deliverer.stop()
     assert [(r.method, r.path, r.body) for r in receiver.received] == [("POST", "/hook", body)] * 2
@@ -217,7 +155,7 @@ def test_delivery_gives_up_after_webhook_retries(
     deliverer = Deliverer(store, settings, backoff_base_s=0.01)
     deliverer.start()
     try:
-        wait_for(lambda: store.delivery_counts()["failed"] == 1)
+        wait_until(lambda: store.delivery_counts()["failed"] == 1, "the delivery to fail", WAIT_S)
     finally:
         deliverer.stop()
         store.close()
@@ -236,7 +174,7 @@ def test_pending_deliveries_survive_a_restart(
     deliverer = Deliverer(after, settings)
     deliverer.start()
     try:
-        wait_for(lambda: after.delivery_counts()["delivered"] == 1)
+        wait_until(lambda: after.delivery_counts()["delivered"] == 1, "the delivery", WAIT_S)
     finally:
         deliverer.stop()
         after.close()
@@ -261,10 +199,17 @@ def test_send_does_not_read_a_huge_trickling_reply_body(settings: Settings) -> N
     thread.start()
     port = listener.getsockname()[1]
     hook = Outgoing("webhook", f"http://127.0.0.1:{port}/hook", b"{}", "application/json")
-    try:
-        started = time.monotonic()
+    sent = threading.Event()
+
+    def deliver() -> None:
         send(hook, settings)  # no DeliveryFailed: a 2xx
-        assert time.monotonic() - started < 2.0
+        sent.set()
+
+    sender = threading.Thread(target=deliver, daemon=True)
+    sender.start()
+    try:
+        # Reading the body would take until the server stops; the deadline only guards a hang.
+        assert sent.wait(WAIT_S), "send() read the endless body (or failed: see the thread)"
     finally:
         stop.set()
         listener.close()

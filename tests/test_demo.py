@@ -7,8 +7,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-from test_batch import FakeEngine
-from test_cli_caption import register
 
 import edgecap.tiny
 from edgecap.cli import caption as caption_cmd
@@ -16,6 +14,8 @@ from edgecap.cli import demo, main
 from edgecap.config import Settings, load_settings
 from edgecap.records import ModelFiles
 from edgecap.registry import Registry, load_catalog
+from tests.support.engines import FakeEngine
+from tests.support.models import register
 
 NOISE_NOTICE = (
     "That caption is noise: edgecap-tiny-random has random weights; it only shows that "

@@ -15,9 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from api_support import api_settings, b64, data_uri, install_model, live_server, new_uuid
 from PIL import Image
-from test_worker import ScriptedEngineFactory
+
+from tests.support.api import api_settings, install_model, live_server, new_uuid
+from tests.support.engines import ScriptedEngineFactory
+from tests.support.images import b64, data_uri
 
 WAIT_S = 60.0
 

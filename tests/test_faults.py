@@ -21,11 +21,11 @@ from typing import Any
 
 import httpx
 import pytest
-from api_support import b64, png_bytes
-from server_process import ServerProcess, register
-from test_delivery import Receiver
 
 from edgecap.records import ModelFiles
+from tests.support.http import Receiver
+from tests.support.images import b64, png_bytes
+from tests.support.server_process import ServerProcess, register
 
 WAIT_S = 600.0  # generous: the CI box is small and shared
 DRAIN_BOUND_S = 30.0  # SIGTERM to exit (uvicorn's 5 s grace + stopping the engine)

@@ -16,17 +16,17 @@ from typing import Any
 
 import pytest
 import schemathesis
-from api_support import LiveServer, api_settings, install_model, live_server
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from test_worker import ScriptedEngineFactory
 
 from edgecap.config import Settings
 from edgecap.errors import EdgecapError
 from edgecap.inputs.images import load_image
 from edgecap.server.limits import decode_tasks
 from edgecap.server.schema import TASK_MODELS, parse_task
+from tests.support.api import LiveServer, api_settings, install_model, live_server
+from tests.support.engines import ScriptedEngineFactory
 
 FUZZ_EXAMPLES = int(os.environ.get("EDGECAP_FUZZ_EXAMPLES", "60"))
 COUNTS: dict[str, int] = {}

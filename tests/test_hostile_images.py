@@ -21,9 +21,9 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 from PIL import Image, PngImagePlugin
-from server_process import ServerProcess, register
 
 from edgecap.records import ModelFiles
+from tests.support.server_process import ServerProcess, register
 
 REQUEST_TIMEOUT_S = 120.0
 PEAK_RSS_LIMIT_MB = 1500.0  # the server process, tiny model's engine not included

@@ -9,11 +9,9 @@ import io
 import random
 import struct
 import sys
-import threading
 import types
 import zlib
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,9 @@ from edgecap.config import PIXELS_PER_TOKEN, Settings
 from edgecap.errors import DownloadFailed, InvalidInputImage
 from edgecap.inputs.images import load_image, pixel_budget, smart_resize, supported_formats
 from edgecap.records import LoadedImage
+from tests.support.env import require
+from tests.support.http import QuietHandler, base_url, serve
+from tests.support.images import encoded, noise
 
 TOKENS = PIXELS_PER_TOKEN  # pixels per image token, for readable budgets below
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
@@ -33,17 +34,6 @@ RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(home=tmp_path)
-
-
-def encode(image: Image.Image, fmt: str, **options: Any) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **options)
-    return buffer.getvalue()
-
-
-def noise(width: int, height: int, seed: int = 0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
 
 
 def pixels(image: LoadedImage) -> np.ndarray:
@@ -58,12 +48,12 @@ def assert_colour(actual: Any, expected: tuple[int, int, int], tolerance: int = 
 
 # --------------------------------------------------------------------------- sources
 
-PNG_84x56 = encode(noise(84, 56), "PNG")  # 3x2 tokens: no resize under the default budget
+PNG_84x56 = encoded(noise(84, 56), "PNG")  # 3x2 tokens: no resize under the default budget
 
 
 @pytest.fixture(scope="module")
 def image_server() -> Iterator[str]:
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
             found = self.path == "/cat.png"
             self.send_response(200 if found else 404)
@@ -73,14 +63,8 @@ def image_server() -> Iterator[str]:
             if found:
                 self.wfile.write(PNG_84x56)
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with serve(Handler) as httpd:
+        yield base_url(httpd)
 
 
 def test_every_source_kind_gives_the_same_image(
@@ -181,7 +165,7 @@ def test_random_bytes(settings: Settings) -> None:
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
 def test_truncated_files(settings: Settings, fmt: str) -> None:
-    data = encode(noise(300, 200), fmt)
+    data = encoded(noise(300, 200), fmt)
     with pytest.raises(InvalidInputImage, match=rf"truncated or corrupt \({fmt}:"):
         load_image(data[: len(data) // 2], settings)
 
@@ -190,12 +174,12 @@ def test_formats_outside_the_list_are_refused(settings: Settings) -> None:
     """Pillow reads PPM, ICO, EPS and more; we decode photo formats only."""
     for fmt in ("PPM", "ICO", "TGA"):
         with pytest.raises(InvalidInputImage, match="not an image in a supported format"):
-            load_image(encode(noise(32, 32), fmt), settings)
+            load_image(encoded(noise(32, 32), fmt), settings)
 
 
 def png_claiming(width: int, height: int) -> bytes:
     """A valid 1x1 PNG whose header claims another size (IHDR patched, CRC fixed)."""
-    data = bytearray(encode(Image.new("RGB", (1, 1)), "PNG"))
+    data = bytearray(encoded(Image.new("RGB", (1, 1)), "PNG"))
     assert data[12:16] == b"IHDR"
     data[16:24] = struct.pack(">II", width, height)
     data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
@@ -230,20 +214,20 @@ def test_patched_header_within_limits_fails_as_truncated(settings: Settings) -> 
 )
 def test_lossless_formats_round_trip(settings: Settings, fmt: str, options: Any) -> None:
     original = noise(84, 56, seed=3)
-    image = load_image(encode(original, fmt, **options), settings)
+    image = load_image(encoded(original, fmt, **options), settings)
     assert image.source_format == fmt
     assert np.array_equal(pixels(image), np.asarray(original))
 
 
 def test_jpeg(settings: Settings) -> None:
-    image = load_image(encode(Image.new("RGB", (84, 56), RED), "JPEG"), settings)
+    image = load_image(encoded(Image.new("RGB", (84, 56), RED), "JPEG"), settings)
     assert image.source_format == "JPEG"
     assert_colour(pixels(image)[28, 42], RED)
 
 
 def test_cmyk_jpeg(settings: Settings) -> None:
     cmyk = Image.new("CMYK", (84, 56), (0, 255, 255, 0))  # no cyan, full magenta+yellow: red
-    image = load_image(encode(cmyk, "JPEG"), settings)
+    image = load_image(encoded(cmyk, "JPEG"), settings)
     assert_colour(pixels(image)[28, 42], RED)
 
 
@@ -252,7 +236,7 @@ def test_sixteen_bit_png_is_scaled_not_clipped(settings: Settings) -> None:
     values[:, 42:] = 32896  # 128 * 257
     source = Image.fromarray(values)
     assert source.mode == "I;16"
-    image = load_image(encode(source, "PNG"), settings)
+    image = load_image(encoded(source, "PNG"), settings)
     assert_colour(pixels(image)[10, 10], WHITE, tolerance=0)
     assert_colour(pixels(image)[10, 70], (128, 128, 128), tolerance=0)  # convert() gives 255
 
@@ -260,7 +244,7 @@ def test_sixteen_bit_png_is_scaled_not_clipped(settings: Settings) -> None:
 def test_thirty_two_bit_integer_mode(settings: Settings) -> None:
     values = np.full((56, 84), 32896, dtype=np.int32)  # 128 * 257
     values[:, 42:] = -5  # out of range: clipped to black
-    data = encode(Image.fromarray(values, mode="I"), "TIFF")
+    data = encoded(Image.fromarray(values, mode="I"), "TIFF")
     assert Image.open(io.BytesIO(data)).mode == "I"
     image = load_image(data, settings)
     assert_colour(pixels(image)[10, 10], (128, 128, 128), tolerance=0)
@@ -269,21 +253,21 @@ def test_thirty_two_bit_integer_mode(settings: Settings) -> None:
 
 @pytest.mark.parametrize(("mode", "value"), [("L", 77), ("1", 255)])
 def test_greyscale_and_bilevel(settings: Settings, mode: str, value: int) -> None:
-    image = load_image(encode(Image.new(mode, (84, 56), value), "PNG"), settings)
+    image = load_image(encoded(Image.new(mode, (84, 56), value), "PNG"), settings)
     assert_colour(pixels(image)[28, 42], (value, value, value), tolerance=0)
 
 
 def test_alpha_is_composited_on_white(settings: Settings) -> None:
     rgba = Image.new("RGBA", (84, 56), (0, 0, 0, 0))  # transparent black
     rgba.paste((255, 0, 0, 255), (0, 0, 42, 56))  # opaque red left half
-    image = load_image(encode(rgba, "PNG"), settings)
+    image = load_image(encoded(rgba, "PNG"), settings)
     assert_colour(pixels(image)[28, 10], RED, tolerance=0)
     assert_colour(pixels(image)[28, 70], WHITE, tolerance=0)
 
 
 def test_grey_with_alpha(settings: Settings) -> None:
     la = Image.new("LA", (84, 56), (0, 128))  # black at half opacity
-    image = load_image(encode(la, "PNG"), settings)
+    image = load_image(encoded(la, "PNG"), settings)
     assert_colour(pixels(image)[28, 42], (127, 127, 127), tolerance=1)
 
 
@@ -292,14 +276,14 @@ def test_palette_with_transparency_on_white(settings: Settings) -> None:
     palette.putpalette([0, 0, 0] + list(BLUE) + [0] * 762)  # index 0 black, 1 blue
     palette.paste(1, (0, 0, 42, 56))
     palette.info["transparency"] = 0
-    image = load_image(encode(palette, "PNG", transparency=0), settings)
+    image = load_image(encoded(palette, "PNG", transparency=0), settings)
     assert_colour(pixels(image)[28, 10], BLUE, tolerance=0)
     assert_colour(pixels(image)[28, 70], WHITE, tolerance=0)  # not black
 
 
 def test_animated_gif_uses_the_first_frame(settings: Settings) -> None:
     frames = [Image.new("RGB", (84, 56), colour) for colour in (RED, BLUE, GREEN)]
-    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100)
+    data = encoded(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100)
     assert getattr(Image.open(io.BytesIO(data)), "n_frames", 1) == 3
     image = load_image(data, settings)
     assert image.source_format == "GIF"
@@ -308,7 +292,7 @@ def test_animated_gif_uses_the_first_frame(settings: Settings) -> None:
 
 @pytest.mark.skipif(not features.check("avif"), reason="this Pillow has no AVIF decoder")
 def test_avif(settings: Settings) -> None:
-    image = load_image(encode(Image.new("RGB", (84, 56), GREEN), "AVIF", quality=90), settings)
+    image = load_image(encoded(Image.new("RGB", (84, 56), GREEN), "AVIF", quality=90), settings)
     assert image.source_format == "AVIF"
     assert_colour(pixels(image)[28, 42], GREEN, tolerance=12)
 
@@ -350,7 +334,7 @@ def test_exif_orientation_is_applied(settings: Settings, orientation: int) -> No
     stored = Image.fromarray(np.ascontiguousarray(STORED_AS[orientation](displayed_scene())))
     exif = Image.Exif()
     exif[0x0112] = orientation
-    image = load_image(encode(stored, "JPEG", exif=exif.tobytes(), quality=95), settings)
+    image = load_image(encoded(stored, "JPEG", exif=exif.tobytes(), quality=95), settings)
     assert (image.width, image.height) == (56, 84)
     assert (image.original_width, image.original_height) == (56, 84)
     upright = pixels(image)
@@ -381,8 +365,9 @@ def test_budget_examples(size: tuple[int, int], max_tokens: int, expected: Any) 
     assert (width, height, (width // 28) * (height // 28)) == expected
 
 
+@pytest.mark.slow
 def test_twelve_megapixel_photo_end_to_end(tmp_path: Path) -> None:
-    photo = encode(Image.new("RGB", (4000, 3000), BLUE), "PNG")
+    photo = encoded(Image.new("RGB", (4000, 3000), BLUE), "PNG")
     at_ceiling = load_image(photo, Settings(home=tmp_path), max_pixels=4096 * TOKENS)
     by_default = load_image(photo, Settings(home=tmp_path))
     assert (at_ceiling.width, at_ceiling.height, at_ceiling.tokens) == (2044, 1540, 4015)
@@ -392,15 +377,15 @@ def test_twelve_megapixel_photo_end_to_end(tmp_path: Path) -> None:
 
 
 def test_tiny_image_is_upscaled(settings: Settings) -> None:
-    image = load_image(encode(Image.new("RGB", (1, 1), RED), "PNG"), settings)
+    image = load_image(encoded(Image.new("RGB", (1, 1), RED), "PNG"), settings)
     assert (image.width, image.height, image.tokens) == (56, 56, 4)
     assert_colour(pixels(image)[0, 0], RED, tolerance=0)
 
 
 def test_extreme_aspect_ratio_is_refused(settings: Settings) -> None:
     with pytest.raises(InvalidInputImage, match=r"20000x1 pixels.*20000:1 is above the 200:1"):
-        load_image(encode(Image.new("L", (20000, 1)), "PNG"), settings)
-    assert load_image(encode(Image.new("L", (200, 1)), "PNG"), settings).height == 28
+        load_image(encoded(Image.new("L", (20000, 1)), "PNG"), settings)
+    assert load_image(encoded(Image.new("L", (200, 1)), "PNG"), settings).height == 28
 
 
 def test_pixel_budget_clamps_requests(tmp_path: Path) -> None:
@@ -438,8 +423,9 @@ def random_sizes(count: int) -> list[tuple[int, int, int, int]]:
     return sizes
 
 
+@pytest.mark.model
 def test_smart_resize_matches_transformers() -> None:
-    reference = pytest.importorskip("transformers.models.qwen2_vl.image_processing_qwen2_vl")
+    reference = require("transformers.models.qwen2_vl.image_processing_qwen2_vl")
     cases = [*random_sizes(250), (1, 1, 4 * TOKENS, 1024 * TOKENS), (1, 250, TOKENS, TOKENS)]
     for height, width, low, high in cases:
         try:
@@ -467,17 +453,18 @@ def unpatchify(patches: np.ndarray, grid: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize(
     ("width", "height", "max_tokens"), [(300, 200, 1024), (1000, 700, 256), (50, 90, 1024)]
 )
+@pytest.mark.model
 def test_pixels_match_the_reference_processor(
     settings: Settings, width: int, height: int, max_tokens: int
 ) -> None:
-    processing = pytest.importorskip("transformers.models.qwen2_vl.image_processing_qwen2_vl")
+    processing = require("transformers.models.qwen2_vl.image_processing_qwen2_vl")
     source = noise(width, height, seed=width)
     low, high = 4 * TOKENS, max_tokens * TOKENS
     processor = processing.Qwen2VLImageProcessor(min_pixels=low, max_pixels=high)
     out = processor(images=[source], do_rescale=False, do_normalize=False, return_tensors="np")
     reference = unpatchify(out["pixel_values"], out["image_grid_thw"][0])
 
-    ours = load_image(encode(source, "PNG"), settings, min_pixels=low, max_pixels=high)
+    ours = load_image(encoded(source, "PNG"), settings, min_pixels=low, max_pixels=high)
     assert reference.shape == (ours.height, ours.width, 3)
     assert np.array_equal(pixels(ours), reference.astype(np.uint8))
 

@@ -20,10 +20,10 @@ from typing import Any
 import httpx
 import pytest
 import websockets
-from api_support import b64, png_bytes
-from server_process import ServerProcess, register
 
 from edgecap.records import ModelFiles
+from tests.support.images import b64, png_bytes
+from tests.support.server_process import ServerProcess, register
 
 REST_CLIENTS = 240
 WS_CLIENTS = 50

@@ -8,23 +8,23 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from api_support import install_model, png_bytes
-from test_api_proof import free_port
-from test_delivery import Receiver
-from test_tasks import make_job
 
 from edgecap.config import Settings
 from edgecap.inputs.images import load_image
 from edgecap.records import ModelFiles
 from edgecap.runtime.tasks import TaskStore
+from tests.support.api import install_model
+from tests.support.env import child_env
+from tests.support.http import Receiver, free_port
+from tests.support.images import png_bytes
+from tests.support.tasks import make_job
+from tests.support.waiting import wait_until
 
 SERVE_DEADLINE_S = 180.0  # start, load the tiny model, run the requeued task, deliver
-REPO = Path(__file__).parents[1]
 
 
 def json_lines(path: Path) -> list[dict[str, Any]]:
@@ -72,13 +72,9 @@ def test_serve_logs_requeue_engine_and_delivery_as_json_lines(
     install_model(Settings(home=home), tiny_model_files)
     receiver = Receiver([])
     task_uuid = seed_unfinished_task(home, receiver.url("/hook"))
-    env = {
-        **os.environ,
-        "EDGECAP_HOME": str(home),
-        "EDGECAP_N_THREADS": "2",
-        "EDGECAP_URL_ALLOWLIST": '["127.0.0.1"]',
-        "PYTHONPATH": str(REPO),
-    }
+    env = child_env(
+        EDGECAP_HOME=str(home), EDGECAP_N_THREADS="2", EDGECAP_URL_ALLOWLIST='["127.0.0.1"]'
+    )
     command = [sys.executable, "-m", "edgecap", "serve", "--port", str(free_port())]
     command += ["--log-format", "json", "--log-level", "info"]
     with log.open("wb") as stderr:
@@ -86,11 +82,12 @@ def test_serve_logs_requeue_engine_and_delivery_as_json_lines(
             command, env=env, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True
         )
     try:
-        deadline = time.monotonic() + SERVE_DEADLINE_S
-        while "Delivered the webhook" not in log.read_text(errors="replace"):
+
+        def delivered() -> bool:
             assert process.poll() is None, f"edgecap serve exited:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"no delivery logged:\n{log.read_text()[-3000:]}"
-            time.sleep(0.1)
+            return "Delivered the webhook" in log.read_text(errors="replace")
+
+        wait_until(delivered, "the delivery to be logged", SERVE_DEADLINE_S, 0.1)
     finally:
         stop(process)
         receiver.close()
@@ -128,7 +125,7 @@ def test_text_logs_filter_by_level(level: str, shown: str, hidden: str) -> None:
     )
     run = subprocess.run(
         [sys.executable, "-c", script],
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env=child_env(),
         capture_output=True,
         text=True,
         timeout=60,

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import pytest
 from edgecap.config import Settings
 from edgecap.errors import DownloadFailed
 from edgecap.inputs.netguard import check_url, fetch, resolve_url
+from tests.support.http import QuietHandler, base_url, serve
 
 PNG_BYTES = b"\x89PNG\r\n\x1a\n" + b"\x00" * 100  # content is not inspected here
 
@@ -86,23 +86,15 @@ ROUTES: dict[str, Route] = {
 }
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(QuietHandler):
     def do_GET(self) -> None:
         ROUTES.get(self.path, reply(404))(self)
-
-    def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
-        pass
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with serve(Handler) as httpd:
+        yield base_url(httpd)
 
 
 @pytest.fixture

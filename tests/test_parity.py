@@ -10,16 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pictures import png_bytes, synthetic_photo
 from PIL import Image
 
 from edgecap.config import Settings
 from edgecap.engine.engine import Engine
 from edgecap.inputs.images import load_image
 from edgecap.records import CaptionRequest, ModelFiles, Sampling
-
-torch = pytest.importorskip("torch", reason="the reference needs torch (make test installs it)")
-transformers = pytest.importorskip("transformers")
+from tests.support.env import require
+from tests.support.images import encoded, synthetic_photo
 
 TEXT_PROMPTS = [
     "Hello! How are you today?",
@@ -33,6 +31,7 @@ IMAGE_SIZES = [(56, 56), (112, 84), (84, 196), (224, 140)]
 
 @pytest.fixture(scope="module")
 def reference(tiny_checkpoint: Path):
+    torch, transformers = require("torch"), require("transformers")
     model = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(
         tiny_checkpoint, torch_dtype=torch.float32
     ).eval()
@@ -84,13 +83,13 @@ def reference_logits(reference, prompt: str, image: Image.Image | None) -> np.nd
     )
     inputs = processor(text=[text], images=[image] if image is not None else None,
                        return_tensors="pt")  # fmt: skip
-    with torch.no_grad():
+    with require("torch").no_grad():
         out = model(**inputs)
     return out.logits[0, -1].float().numpy()
 
 
 def our_logits(engine: Engine, settings: Settings, prompt: str, image: Image.Image | None):
-    loaded = load_image(png_bytes(image), settings) if image is not None else None
+    loaded = load_image(encoded(image), settings) if image is not None else None
     return engine.prompt_logits(CaptionRequest(image=loaded, prompt=prompt, sampling=Sampling()))
 
 
@@ -118,7 +117,7 @@ def test_odd_size_goes_through_our_resize_like_the_reference(reference, engine: 
     image = synthetic_photo(97, 301, seed=7)
     _, processor = reference
     settings = engine.settings
-    loaded = load_image(png_bytes(image), settings)
+    loaded = load_image(encoded(image), settings)
     grid = processor.image_processor(images=[image], return_tensors="pt")["image_grid_thw"][0]
     ref_tokens = int(grid[1] * grid[2]) // 4
     assert loaded.tokens == ref_tokens
@@ -138,12 +137,12 @@ def test_greedy_generation_after_an_image_matches_reference(reference, engine: E
         [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
     )
     inputs = processor(text=[text], images=[image], return_tensors="pt")
-    with torch.no_grad():
+    with require("torch").no_grad():
         out = model.generate(**inputs, max_new_tokens=12, do_sample=False)
     ref_tokens = out[0, inputs["input_ids"].shape[1] :].tolist()
     ref_text = processor.tokenizer.decode(ref_tokens, skip_special_tokens=True).strip()
 
-    loaded = load_image(png_bytes(image), engine.settings)
+    loaded = load_image(encoded(image), engine.settings)
     result = engine.caption(
         CaptionRequest(
             image=loaded,

@@ -26,13 +26,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pictures import png_bytes, synthetic_photo
 
 from edgecap.config import Settings
 from edgecap.convert import quantize
 from edgecap.engine.engine import Engine
 from edgecap.inputs.images import load_image
 from edgecap.records import CaptionRequest, ModelFiles, Sampling
+from tests.support.images import encoded, synthetic_photo
 
 # (id, prompt, image size or None). Sizes are multiples of 28 so nothing is resized.
 PROMPTS = [
@@ -54,7 +54,7 @@ def request(prompt_id: str, settings: Settings, **sampling: int) -> CaptionReque
     image = None
     if size is not None:
         photo = synthetic_photo(*size, seed=size[0] * 1000 + size[1])
-        image = load_image(png_bytes(photo), settings)
+        image = load_image(encoded(photo), settings)
     return CaptionRequest(image=image, prompt=prompt, sampling=Sampling(**sampling))
 
 
@@ -137,7 +137,7 @@ def native_prefill(
             _, stderr = child.communicate(timeout=300)
         except subprocess.TimeoutExpired:
             child.kill()
-            _, stderr = child.communicate()
+            _, stderr = child.communicate(timeout=30)
         probes[qtype] = Probe(child.returncode, stderr)
     return probes
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import llama_cpp
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType, GGUFValueType
@@ -19,7 +20,6 @@ from edgecap.errors import ConversionError
 from tools.quantize import main
 
 REPO = Path(__file__).resolve().parent.parent
-llama_cpp = pytest.importorskip("llama_cpp")
 
 
 def load_and_eval(text: Path, mmproj: Path | None = None) -> None:
@@ -79,6 +79,7 @@ def test_command_line(tiny_gguf: tuple[Path, Path], tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         check=False,
+        timeout=300,
     )
     assert (run.returncode, run.stdout, run.stderr) == (0, f"{out}\n", "")
     assert check_mmproj(out).file_type == 1

@@ -3,45 +3,32 @@ through huggingface_hub from a loopback mirror that answers like the Hugging Fac
 
 from __future__ import annotations
 
-import hashlib
 import json
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import edgecap.registry.install
 from edgecap.config import Settings
+from edgecap.engine.hardware import Recommendation
 from edgecap.errors import DownloadFailed, InvalidParameter, ModelError, ModelNotReady, UnknownModel
 from edgecap.registry import PACK_FILE, Catalog, Registry, load_catalog
+from edgecap.registry.catalog import Variant
+from tests.support.models import (
+    MMPROJ,
+    TEXT_Q4,
+    TEXT_Q8,
+    HubMirror,
+    flip_one_byte,
+    serve_mirror,
+    sha256,
+    write,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 QWEN_7B, QWEN_3B, TINY = "qwen2.5-vl-7b-instruct", "qwen2.5-vl-3b-instruct", "edgecap-tiny-random"
-
-# Small stand-ins for GGUF files: the registry never parses them.
-TEXT_Q4 = b"GGUF text q4 " + bytes(range(256)) * 64
-TEXT_Q8 = b"GGUF text q8 " + bytes(range(255, -1, -1)) * 64
-MMPROJ = b"GGUF mmproj " + b"projector" * 2000
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def write(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return path
-
-
-def flip_one_byte(path: Path, offset: int = 100) -> None:
-    data = bytearray(path.read_bytes())
-    data[offset] ^= 0x01
-    path.write_bytes(bytes(data))
 
 
 def settings_for(home: Path, **overrides: Any) -> Settings:
@@ -94,87 +81,6 @@ def fake_catalog(
             ],
         }
     )
-
-
-@dataclass
-class HubMirror:
-    """Serves ``/{repo}/resolve/{revision}/{filename}`` the way the Hub does.
-
-    HEAD answers ``X-Repo-Commit``, ``ETag`` (for large files the Hub's ETag is the sha256 of
-    the content) and ``Content-Length``; GET honours ``Range`` so downloads can resume.
-    """
-
-    files: dict[str, bytes]  # "{repo}/{filename}" -> content
-    etags: dict[str, str] = field(default_factory=dict)  # override the ETag of a file
-    truncate_next_get: bool = False  # send half a body once, then drop the connection
-    requests: list[tuple[str, str, str | None]] = field(default_factory=list)  # method, path, Range
-    commit: str = "0123456789abcdef0123456789abcdef01234567"
-    url: str = ""
-
-    def lookup(self, path: str) -> tuple[str, bytes] | None:
-        parts = path.split("/")  # "", org, name, "resolve", revision, filename
-        if len(parts) != 6 or parts[3] != "resolve":
-            return None
-        key = f"{parts[1]}/{parts[2]}/{parts[5]}"
-        return (key, self.files[key]) if key in self.files else None
-
-
-def _mirror_handler(mirror: HubMirror) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
-            pass
-
-        def _headers(self) -> tuple[str, bytes] | None:
-            mirror.requests.append((self.command, self.path, self.headers.get("Range")))
-            found = mirror.lookup(self.path)
-            if found is None:
-                self.send_response(404)
-                self.send_header("X-Error-Code", "EntryNotFound")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return None
-            key, data = found
-            start = int(self.headers.get("Range", "bytes=0-")[6:].split("-")[0])
-            self.send_response(206 if start else 200)
-            self.send_header("X-Repo-Commit", mirror.commit)
-            self.send_header("ETag", f'"{mirror.etags.get(key, sha256(data))}"')
-            self.send_header("Content-Length", str(len(data) - start))
-            if start:
-                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-            self.end_headers()
-            return key, data[start:]
-
-        def do_HEAD(self) -> None:
-            self._headers()
-
-        def do_GET(self) -> None:
-            found = self._headers()
-            if found is None:
-                return
-            body = found[1]
-            if mirror.truncate_next_get:
-                mirror.truncate_next_get = False
-                self.wfile.write(body[: len(body) // 2])
-                self.close_connection = True
-                return
-            self.wfile.write(body)
-
-    return Handler
-
-
-@contextmanager
-def serve_mirror(files: dict[str, bytes]) -> Iterator[HubMirror]:
-    """A running ``HubMirror`` on 127.0.0.1 for ``files`` ("{repo}/{filename}" -> content)."""
-    hub = HubMirror(files=files)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _mirror_handler(hub))
-    hub.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield hub
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture
@@ -563,3 +469,48 @@ def test_pull_of_a_missing_file_or_a_local_model_fails_clearly(
         registry.pull("fake-vl", endpoint=mirror.url, progress=False)
     with pytest.raises(ModelError, match=r"`make demo`"):
         Registry(settings_for(tmp_path / "home")).pull(TINY, progress=False)
+
+
+# -- the projector that suits this CPU ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cpu_type", "published_bf16", "variant", "mmproj", "note"),
+    [
+        ("bf16", True, "q4_k_m-mmproj-bf16", "mmproj-Fake-bf16.gguf", False),
+        ("bf16", False, "q4_k_m", "mmproj-Fake-f16.gguf", True),
+        ("f16", True, "q4_k_m", "mmproj-Fake-f16.gguf", False),
+    ],
+)
+def test_pull_takes_the_projector_that_suits_the_cpu(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    cpu_type: str,
+    published_bf16: bool,
+    variant: str,
+    mmproj: str,
+    note: bool,
+) -> None:
+    """The CPU is simulated (``recommend`` answers for a CPU with or without native bf16); the
+    download is real, from the loopback mirror."""
+    monkeypatch.setattr(
+        edgecap.registry.install, "recommend", lambda: Recommendation(cpu_type, "simulated")
+    )
+    contents = {**FAKE_FILES, "mmproj-Fake-bf16.gguf": MMPROJ + b"bf16"}
+    catalog = fake_catalog(contents=contents)
+    if published_bf16:
+        known = catalog.models[0]
+        variants = {
+            **known.variants,
+            "q4_k_m-mmproj-bf16": Variant(text="Fake-Q4_K_M.gguf", mmproj="mmproj-Fake-bf16.gguf"),
+        }
+        catalog = catalog.model_copy(
+            update={"models": [known.model_copy(update={"variants": variants})]}
+        )
+    registry = Registry(settings_for(tmp_path / "home"), catalog=catalog)
+    with serve_mirror({f"{FAKE_REPO}/{n}": d for n, d in contents.items()}) as hub:
+        record = registry.pull("fake-vl", endpoint=hub.url, progress=False)
+    assert record.variant == variant
+    assert registry.resolve("fake-vl").mmproj.read_bytes() == contents[mmproj]
+    assert ("publishes none" in caplog.text) == note

@@ -15,8 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_tasks import make_job
-from test_worker import READY_WAIT_S, ScriptedEngineFactory
 
 from edgecap.cli import main
 from edgecap.config import Settings, default_home, load_settings
@@ -25,8 +23,11 @@ from edgecap.inputs.decoding import EncodedImage, PixelBudget, decoded, sixteen_
 from edgecap.inputs.images import load_image
 from edgecap.records import CaptionRequest
 from edgecap.runtime.service import MAX_ATTEMPTS, TaskService
+from tests.support.engines import ScriptedEngineFactory
+from tests.support.tasks import make_job
 
 WAIT_S = 60.0
+READY_WAIT_S = 60.0  # the engine child loading on a busy box
 
 
 def encoded(image: Image.Image, fmt: str, **options: object) -> EncodedImage:

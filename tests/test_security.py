@@ -20,22 +20,13 @@ from typing import Any
 import httpx
 import pytest
 import websockets
-from api_support import (
-    LiveServer,
-    api_settings,
-    b64,
-    data_uri,
-    install_model,
-    live_server,
-    new_uuid,
-    png_bytes,
-    post,
-)
 from PIL import Image
-from test_delivery import Receiver
-from test_worker import ScriptedEngineFactory
 
 from edgecap.server import ws as ws_module
+from tests.support.api import LiveServer, api_settings, install_model, live_server, new_uuid, post
+from tests.support.engines import ScriptedEngineFactory
+from tests.support.http import Receiver
+from tests.support.images import b64, data_uri, png_bytes
 
 KEY_A, KEY_B = "key-of-alice", "key-of-bob"
 AUTH_A = {"Authorization": f"Bearer {KEY_A}"}

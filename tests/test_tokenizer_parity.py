@@ -22,14 +22,13 @@ from pathlib import Path
 
 import llama_cpp
 import pytest
+import tokenizers
 from llama_cpp._internals import LlamaModel
 
 from edgecap.config import Settings
 from edgecap.engine.engine import Engine
 from edgecap.records import ModelFiles
 from edgecap.tiny.tokenizer import bytes_to_unicode
-
-tokenizers = pytest.importorskip("tokenizers")
 
 # llama_token_attr bits (llama.h)
 ATTR_NORMAL, ATTR_CONTROL, ATTR_USER_DEFINED = 1 << 2, 1 << 3, 1 << 4

@@ -1,9 +1,7 @@
 """The engine process: results and errors as values, crash recovery, stopping.
 
-The fake engine runs in the spawned child, so it must be importable by name there: it lives at
-the top level of this module, and the factory is a picklable frozen dataclass. It scripts its
-behaviour from the prompt and appends one line per model load to a log file, which is how the
-parent sees what the child did.
+The engine in the spawned child is tests.support.engines.ScriptedEngine: its prompt scripts
+what it does, and its log file tells the parent what the child did.
 """
 
 from __future__ import annotations
@@ -11,14 +9,12 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from edgecap.errors import ContextOverflow, EdgecapError, UnknownModel
-from edgecap.records import CaptionRequest, CaptionResult
+from edgecap.records import CaptionRequest
 from edgecap.runtime.worker import (
     Worker,
     WorkerCrashed,
@@ -26,75 +22,10 @@ from edgecap.runtime.worker import (
     WorkItem,
     describe_exit,
 )
+from tests.support.engines import ScriptedEngineFactory
+from tests.support.waiting import wait_until
 
 READY_WAIT_S = 60.0  # generous: spawning a Python child on a busy 2-core CI box is slow
-
-
-class ScriptedEngine:
-    """Duck of edgecap.engine.engine.Engine. The prompt picks the behaviour:
-
-    ``abort`` calls os.abort(); ``abort-once:<path>`` aborts unless <path> exists (and creates
-    it); ``invalid`` raises an EdgecapError; ``overflow`` a ContextOverflow (a subclass);
-    ``bug`` raises a plain exception; ``sleep:<s>``
-    sleeps; anything else is captioned as ``"<model id> saw <prompt>"``.
-    """
-
-    def __init__(self, model_id: str, log: Path) -> None:
-        self.model_id = model_id
-        self.log = log
-        self.counters = {"image_encodes": 0, "image_cache_hits": 0, "prefix_cache_hits": 0}
-
-    def caption(self, request: CaptionRequest) -> CaptionResult:
-        with self.log.open("a") as out:
-            out.write(f"caption {request.prompt}\n")
-        command, _, arg = request.prompt.partition(":")
-        if command == "abort" or (command == "abort-once" and not Path(arg).exists()):
-            if arg:
-                Path(arg).touch()
-            os.abort()
-        if command == "invalid":
-            raise EdgecapError(
-                "too big", code="invalidParameter", status=400, parameter="maxPixels", max=9
-            )
-        if command == "overflow":
-            raise ContextOverflow("too long", parameter="maxTokens", limit=4096)
-        if command == "bug":
-            raise ZeroDivisionError("division by zero")
-        if command == "sleep":
-            time.sleep(float(arg))
-        image_tokens = request.image.tokens if request.image else 0
-        return CaptionResult(
-            text=f"{self.model_id} saw {request.prompt}",
-            finish_reason="stop",
-            prompt_tokens=10 + image_tokens,
-            image_tokens=image_tokens,
-            generated_tokens=5,
-            timings={"load_image": 0.5, "encode": 1.0, "prefill": 0.25, "generate": 0.25},
-            model=f"{self.model_id}@{os.getpid()}",
-        )
-
-    def close(self) -> None:
-        pass
-
-
-@dataclass(frozen=True)
-class ScriptedEngineFactory:
-    """Picklable engine factory; logs ``load <model>`` and ``caption <prompt>`` to ``log``."""
-
-    log: Path
-    broken_default: bool = False  # the default model fails to load
-
-    def __call__(self, model: str | None) -> ScriptedEngine:
-        if model == "missing" or (model is None and self.broken_default):
-            raise UnknownModel(f"No model named {model!r}.", parameter="model")
-        with self.log.open("a") as out:
-            out.write(f"load {model}\n")
-        return ScriptedEngine(model or "default", self.log)
-
-    def lines(self, kind: str) -> list[str]:
-        """What the child logged: ``lines("load")`` -> ["None", "small"], ..."""
-        lines = self.log.read_text().splitlines() if self.log.exists() else []
-        return [line.split(" ", 1)[1] for line in lines if line.startswith(f"{kind} ")]
 
 
 def caption_item(prompt: str, model: str | None = None, task_uuid: str = "t1") -> WorkItem:
@@ -102,10 +33,7 @@ def caption_item(prompt: str, model: str | None = None, task_uuid: str = "t1") -
 
 
 def wait_until_ready(worker: Worker) -> None:
-    deadline = time.monotonic() + READY_WAIT_S
-    while not worker.ready:
-        assert time.monotonic() < deadline, "the engine process never became ready"
-        time.sleep(0.05)
+    wait_until(lambda: worker.ready, "the engine process to become ready", READY_WAIT_S)
 
 
 @pytest.fixture
@@ -200,10 +128,7 @@ def test_a_child_that_died_while_idle_is_replaced_without_failing_the_next_task(
 ) -> None:
     pid = int(worker.run(caption_item("first")).model.split("@")[1])
     os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + READY_WAIT_S
-    while worker.ready:  # the kill lands asynchronously
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_until(lambda: not worker.ready, "the worker to notice the kill", READY_WAIT_S)
     after = worker.run(caption_item("second"))
     assert after.text == "default saw second"
     assert after.model != f"default@{pid}"
@@ -222,10 +147,10 @@ def test_stop_interrupts_a_running_task(worker: Worker, factory: ScriptedEngineF
 
     thread = threading.Thread(target=run_long)
     thread.start()
-    while "sleep:600" not in factory.lines("caption"):  # the task is in the child
-        time.sleep(0.01)
+    wait_until(lambda: "sleep:600" in factory.lines("caption"), "the task to reach the child")
     worker.stop()
-    thread.join()
+    thread.join(READY_WAIT_S)
+    assert not thread.is_alive(), "stop did not interrupt the task"
     assert len(outcome) == 1 and isinstance(outcome[0], WorkerStopped)
     assert not worker.ready
     with pytest.raises(WorkerStopped):

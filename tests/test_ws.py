@@ -11,20 +11,21 @@ from typing import Any
 
 import pytest
 import websockets
-from api_support import (
+
+from tests.support.api import (
     UUID_V4,
     LiveServer,
     api_settings,
-    b64,
     install_model,
     live_server,
     new_uuid,
-    png_bytes,
 )
-from test_worker import ScriptedEngineFactory
+from tests.support.engines import ScriptedEngineFactory
+from tests.support.images import b64, png_bytes
 
 KEY = "ws-key"
 FRAME_TIMEOUT_S = 30.0
+SCENARIO_TIMEOUT_S = 120.0
 
 
 @pytest.fixture(scope="module")
@@ -69,11 +70,13 @@ class Client:
 
 
 def run(server: LiveServer, scenario: Any) -> Any:
+    """Run ``scenario(client)`` on one connection; the whole scenario has a deadline."""
+
     async def main() -> Any:
         async with websockets.connect(server.ws_url, max_size=None) as socket:
             return await scenario(Client(socket))
 
-    return asyncio.run(main())
+    return asyncio.run(asyncio.wait_for(main(), SCENARIO_TIMEOUT_S))
 
 
 def caption(prompt: str, **fields: Any) -> dict[str, Any]:
@@ -225,12 +228,12 @@ def test_async_acknowledgement_then_get_response(server: LiveServer) -> None:
         await client.login()
         await client.send(task)
         ack = await client.frame()
-        while True:
+        polled: dict[str, Any] = {"data": [{"status": "not polled yet"}]}
+        while polled["data"][0]["status"] != "success":  # bounded by run()'s deadline
+            await asyncio.sleep(0.2)
             await client.send({"taskType": "getResponse", "taskUUID": task["taskUUID"]})
             polled = await client.frame()
-            if polled["data"][0]["status"] == "success":
-                return [ack, polled]
-            await asyncio.sleep(0.2)
+        return [ack, polled]
 
     ack, polled = run(server, scenario)
     assert ack == {

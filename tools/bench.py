@@ -1,7 +1,9 @@
-"""Benchmark one caption on a synthetic checkpoint with the real 7B layer widths.
+"""Benchmarks. The default scenario, ``caption``: one caption on a synthetic checkpoint with the
+real 7B layer widths. ``rest-overhead``: the API's own cost per request (tools/bench_rest.py).
 
     python tools/bench.py [--workdir build/bench] [--text-layers 2] [--vision-blocks 8]
                           [--text-type Q4_K_M] [--mmproj-type bf16] [--width 1036 --height 756]
+    python tools/bench.py --scenario rest-overhead [--samples 20]
 
 Builds the ``bench`` preset (real 7B widths, few layers) with edgecap.tiny, converts and
 quantizes it with edgecap.convert (cached in --workdir), then captions one synthetic image twice
@@ -26,6 +28,7 @@ from edgecap.engine.engine import Engine
 from edgecap.inputs.images import load_image
 from edgecap.records import CaptionRequest, ModelFiles, Sampling
 from edgecap.tiny import make_checkpoint
+from tools.bench_rest import rest_overhead
 
 
 def build_model(workdir: Path, args: argparse.Namespace) -> ModelFiles:
@@ -51,7 +54,7 @@ def _converted(checkpoint: Path, outdir: Path, outtype: str) -> tuple[Path, Path
         mmproj = next(p for p in existing if p.name.startswith("mmproj-"))
         text = next(p for p in existing if not p.name.startswith("mmproj-"))
         return text, mmproj
-    return convert(checkpoint, sub, outtype=outtype, name="bench")
+    return convert(checkpoint, sub, outtype=outtype, name="bench", mmproj_type=outtype)
 
 
 def synthetic_image(width: int, height: int) -> bytes:
@@ -73,8 +76,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--height", type=int, default=756)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--scenario", choices=["caption", "rest-overhead"], default="caption")
+    parser.add_argument("--samples", type=int, default=20, help="requests (rest-overhead)")
     args = parser.parse_args(argv)
 
+    if args.scenario == "rest-overhead":
+        report: dict[str, object] = rest_overhead(args.workdir, args.samples, args.threads)
+    else:
+        report = caption_report(args)
+    json.dump(report, sys.stdout, indent=2)
+    print()
+    return 0
+
+
+def caption_report(args: argparse.Namespace) -> dict[str, object]:
     files = build_model(args.workdir, args)
     settings = Settings(
         home=args.workdir / "home", n_threads=args.threads, max_pixels=args.width * args.height
@@ -100,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                     "prefix_cache_hit": result.prefix_cache_hit,
                 }
             )
-    report = {
+    return {
         "model": files.id,
         "text": f"{files.text.name} ({files.text.stat().st_size / 1e9:.2f} GB)",
         "mmproj": f"{files.mmproj.name} ({files.mmproj.stat().st_size / 1e9:.2f} GB)",
@@ -108,9 +123,6 @@ def main(argv: list[str] | None = None) -> int:
         "load_s": round(load_s, 3),
         "runs": runs,
     }
-    json.dump(report, sys.stdout, indent=2)
-    print()
-    return 0
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from pathlib import Path
 if __spec__ is None:  # run as a script: make edgecap importable from the source tree
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edgecap.convert.converter import OUTTYPES, convert
+from edgecap.convert.converter import OUTTYPES, convert, projector_type_for
 from edgecap.convert.progress import run_tool
 
 
@@ -30,6 +30,16 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(OUTTYPES),
         default="f16",
         help="tensor type of the weights (default f16; bf16 keeps a bf16 release exact)",
+    )
+    parser.add_argument(
+        "--mmproj-type",
+        choices=list(OUTTYPES),
+        default=None,
+        help=(
+            "tensor type of the vision projector (default: with a 16-bit --outtype, the 16-bit "
+            f"type this CPU encodes fastest — {projector_type_for('f16')} here, `edgecap doctor` "
+            "says why; otherwise the same as --outtype)"
+        ),
     )
     parser.add_argument("--name", help="model name in file names (default: checkpoint dir name)")
     parser.add_argument("--force", action="store_true", help="replace existing output files")

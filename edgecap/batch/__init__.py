@@ -10,25 +10,25 @@ The library behind ``edgecap caption`` on folders, for the server and the benchm
   :mod:`edgecap.batch.options`, :mod:`edgecap.batch.outcomes`);
 - results go to a JSONL file and/or ``.txt`` sidecars (``photo.jpg`` -> ``photo.txt``). Each is
   durably written (fsync; sidecars by atomic rename) *before* the image is recorded in the
-  journal, so a run killed at any moment loses no journaled result, and ``resume`` redoes at most
-  the one image that was being written when it died (:mod:`edgecap.batch.outputs`).
-
-The journal is an append-only JSONL file, one fsynced line per finished image. Its keys name
-the image (content sha256 and source), what was asked (prompt, system prompt, sampling, JSON
-schema, pixel budget), the model, and one destination each (the JSONL file, the sidecar): an
-image is done for a resumed run when every destination of that run has its result.
+  journal beside the output (``run.jsonl.journal``) (:mod:`edgecap.batch.outputs`);
+- ``resume`` trusts the outputs, not the journal: an image is done only if its line is still in
+  the JSONL file and its sidecar still holds the journaled text, for the same image content,
+  request and model (:mod:`edgecap.batch.journal`). A run killed at any moment, then resumed,
+  loses nothing and writes no result twice.
 """
 
+from edgecap.batch.journal import FOLDER_JOURNAL, JOURNAL_SUFFIX, journal_path, redo_summary
 from edgecap.batch.options import CaptionOptions, RunOptions
-from edgecap.batch.outcomes import Captioned, Failed, Outcome, Skipped, Summary
-from edgecap.batch.outputs import JOURNAL_NAME
+from edgecap.batch.outcomes import AlreadyDone, Captioned, Failed, Outcome, Skipped, Summary
 from edgecap.batch.run import OnOutcome, OnPiece, StreamingEngine, caption_many
 from edgecap.batch.sources import IMAGE_SUFFIXES, SIDECAR_SUFFIX, ImageItem, find_images
 
 __all__ = [
+    "FOLDER_JOURNAL",
     "IMAGE_SUFFIXES",
-    "JOURNAL_NAME",
+    "JOURNAL_SUFFIX",
     "SIDECAR_SUFFIX",
+    "AlreadyDone",
     "CaptionOptions",
     "Captioned",
     "Failed",
@@ -42,4 +42,6 @@ __all__ = [
     "Summary",
     "caption_many",
     "find_images",
+    "journal_path",
+    "redo_summary",
 ]

@@ -38,8 +38,7 @@ class RunOptions:
     jsonl: Path | None = None  # append one line per captioned image
     sidecars: bool = False  # write photo.txt next to photo.jpg
     overwrite: bool = False  # caption images whose sidecar exists (else skip them)
-    resume: bool = False  # skip images the journal has for this same job
-    journal: Path | None = None  # default: <home>/batch-journal.jsonl
+    resume: bool = False  # skip images whose results for this same job are in the outputs
     include_cost: bool = False  # put the API's ``cost`` in every result item
 
     def __post_init__(self) -> None:

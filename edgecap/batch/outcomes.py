@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 from edgecap.batch.sources import ImageItem
@@ -29,30 +30,42 @@ class Failed:
 
 
 @dataclass(frozen=True)
+class AlreadyDone:
+    """A resumed run found this job's result for the image in every destination."""
+
+    image: ImageItem
+
+
+@dataclass(frozen=True)
 class Skipped:
+    """Not captioned for another reason (its sidecar exists, say)."""
+
     image: ImageItem
     reason: str
 
 
-Outcome = Captioned | Failed | Skipped
+Outcome = Captioned | Failed | AlreadyDone | Skipped
+COUNTED = {Captioned: "captioned", Failed: "failed", AlreadyDone: "done", Skipped: "skipped"}
 
 
 @dataclass
 class Summary:
     captioned: int = 0
     failed: int = 0
+    done: int = 0  # already in the output (resume)
     skipped: int = 0
+    # Why images the journal had as done were captioned again (their results were gone).
+    redone: Counter[str] = field(default_factory=Counter)
 
     def add(self, outcome: Outcome) -> None:
-        if isinstance(outcome, Captioned):
-            self.captioned += 1
-        elif isinstance(outcome, Failed):
-            self.failed += 1
-        else:
-            self.skipped += 1
+        name = COUNTED[type(outcome)]
+        setattr(self, name, getattr(self, name) + 1)
 
     def line(self) -> str:
-        return f"{self.captioned} captioned, {self.failed} failed, {self.skipped} skipped"
+        return (
+            f"{self.captioned} captioned, {self.failed} failed, "
+            f"{self.done} already in the output, {self.skipped} skipped"
+        )
 
     @property
     def exit_code(self) -> int:

@@ -1,4 +1,4 @@
-"""Durable files: the append-only JSONL file (results and journal) and atomic sidecars.
+"""Durable files: append-only JSONL files (results, journal) and atomic whole-file writes.
 
 Each write is fsynced before it returns, so a result is on disk before its image is journaled.
 """
@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from edgecap.errors import EdgecapError
-from edgecap.fsutil import write_text_atomic
+from edgecap.fsutil import write_bytes_atomic
 
-JOURNAL_NAME = "batch-journal.jsonl"  # under the edgecap home unless a run names its own
 TAIL_CHUNK = 64 * 1024
 
 
@@ -28,22 +28,30 @@ class LineFile:
         self.path = path
         self._file: IO[bytes] | None = None
 
-    def read(self) -> list[dict[str, Any]]:
+    def records(self) -> Iterator[dict[str, Any]]:
+        """The JSON objects of the file as it is now, one line at a time; a torn line or any
+        other line that is not a JSON object is passed over."""
         if not self.path.is_file():
-            return []
-        lines = []
-        for raw in self.path.read_bytes().splitlines():
-            try:
-                lines.append(json.loads(raw))
-            except ValueError:
-                continue  # a torn line
-        return [line for line in lines if isinstance(line, dict)]
+            return
+        with self.path.open("rb") as file:
+            for raw in file:
+                try:
+                    record = json.loads(raw)
+                except ValueError:
+                    continue  # a torn line
+                if isinstance(record, dict):
+                    yield record
 
     def append(self, record: dict[str, Any]) -> None:
         file = self._file or self._open()
-        file.write(json.dumps(record, ensure_ascii=False).encode() + b"\n")
+        file.write(encode_line(record))
         file.flush()
         os.fsync(file.fileno())
+
+    def rewrite(self, records: Iterable[dict[str, Any]]) -> None:
+        """Replace the file's content with ``records``, atomically (temporary file, rename)."""
+        self.close()
+        write_atomic(self.path, b"".join(encode_line(r) for r in records))
 
     def _open(self) -> IO[bytes]:
         try:
@@ -83,12 +91,23 @@ def _cut_torn_line(file: IO[bytes]) -> None:
     file.seek(0, os.SEEK_END)
 
 
-def write_sidecar(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (:mod:`edgecap.fsutil`); an error says the fix."""
+def encode_line(record: dict[str, Any]) -> bytes:
+    """One JSONL line, UTF-8. Text that UTF-8 cannot hold (a file name that is not UTF-8,
+    decoded with surrogate escapes) is written as JSON escapes, which read back the same."""
     try:
-        write_text_atomic(path, text)
+        return json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n"
+    except UnicodeEncodeError:
+        return json.dumps(record).encode("ascii") + b"\n"
+
+
+def write_atomic(path: Path, content: str | bytes) -> None:
+    """Write ``content`` (text as UTF-8) to ``path`` atomically (:mod:`edgecap.fsutil`); an
+    error says the fix."""
+    data = content.encode("utf-8") if isinstance(content, str) else content
+    try:
+        write_bytes_atomic(path, data)
     except OSError as exc:
         raise EdgecapError(
-            f"Could not write the sidecar {path} ({exc.strerror or exc}): check the folder's "
+            f"Could not write {path} ({exc.strerror or exc}): check the folder's "
             "permissions and the free disk space."
         ) from exc

@@ -1,34 +1,36 @@
-"""The run: caption images in turn with one engine, prefetching the next, storing each result.
+"""The run: caption images with one engine, prefetching the next, storing each result.
 
-Also the journal's keys: an image is done for a resumed run when every destination of that run
-(the JSONL file, the sidecar) has its result for the same image, model and request.
+With a batching engine (one with ``stream_many``) two images are in flight: the next image's
+encode and prefill run between the decode steps of the current one, and their tokens share
+a batch. Outcomes are reported as images finish.
+
+What a resumed run skips is decided by :class:`edgecap.batch.journal.Ledger`: an image whose
+result for this same job is still in every destination of the run.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import uuid
+from collections import Counter
 from collections.abc import Callable, Generator, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
-from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from edgecap.batch.journal import Ledger, image_key, job_identity
 from edgecap.batch.options import CaptionOptions, RunOptions
-from edgecap.batch.outcomes import Captioned, Failed, Outcome, Skipped, Summary
-from edgecap.batch.outputs import JOURNAL_NAME, LineFile, write_sidecar
+from edgecap.batch.outcomes import AlreadyDone, Captioned, Failed, Outcome, Skipped, Summary
 from edgecap.batch.sources import ImageItem
 from edgecap.config import Settings
 from edgecap.errors import EdgecapError, InvalidParameter
-from edgecap.inputs.images import load_image, pixel_budget
+from edgecap.inputs.images import load_image
 from edgecap.protocol import result_item
 from edgecap.records import CaptionRequest, CaptionResult, LoadedImage, TokenPiece
 from edgecap.registry.digests import sha256_file
 
-DONE_BEFORE = "done in an earlier run"
+IN_FLIGHT = 2  # images captioned at once by a batching engine
 
 
 class StreamingEngine(Protocol):
@@ -52,6 +54,7 @@ def caption_many(
     *,
     on_outcome: OnOutcome | None = None,
     on_piece: OnPiece | None = None,
+    in_flight: int = IN_FLIGHT,
 ) -> Summary:
     """Caption ``items`` in order with ``engine``; report each outcome; return the counts.
 
@@ -62,15 +65,24 @@ def caption_many(
     """
     batch = _Batch(engine, settings, options, run or RunOptions(), items)
     summary = Summary()
+
+    def report(outcome: Outcome) -> None:
+        summary.add(outcome)
+        if on_outcome is not None:
+            on_outcome(outcome)
+
+    stream_many = getattr(engine, "stream_many", None)
     try:
-        with closing(_one_ahead(items, batch.prepare)) as prepared_items:
-            for prepared in prepared_items:
-                outcome = batch.caption(prepared, on_piece)
-                summary.add(outcome)
-                if on_outcome is not None:
-                    on_outcome(outcome)
+        if stream_many is None or in_flight < 2:
+            with closing(_one_ahead(items, batch.prepare)) as prepared_items:
+                for prepared in prepared_items:
+                    report(batch.caption(prepared, on_piece))
+        else:
+            with closing(_futures_ahead(items, batch.prepare)) as futures:
+                batch.caption_together(stream_many, futures, in_flight, on_piece, report)
     finally:
         batch.close()
+    summary.redone = batch.redone
     return summary
 
 
@@ -78,6 +90,15 @@ def _one_ahead(
     items: Sequence[ImageItem], prepare: Callable[[ImageItem], _Prepared]
 ) -> Generator[_Prepared, None, None]:
     """``prepare(item)`` for every item in order; the next one runs in a thread meanwhile."""
+    with closing(_futures_ahead(items, prepare)) as futures:
+        for future in futures:
+            yield future.result()
+
+
+def _futures_ahead(
+    items: Sequence[ImageItem], prepare: Callable[[ImageItem], _Prepared]
+) -> Generator[Future[_Prepared], None, None]:
+    """Futures of ``prepare(item)`` in order; each next one starts when one is handed out."""
     if not items:
         return
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgecap-prefetch")
@@ -85,8 +106,8 @@ def _one_ahead(
         upcoming = pool.submit(prepare, items[0])
         for following in items[1:]:
             current, upcoming = upcoming, pool.submit(prepare, following)
-            yield current.result()
-        yield upcoming.result()
+            yield current
+        yield upcoming
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -97,12 +118,12 @@ class _Prepared:
 
     image: ImageItem
     loaded: LoadedImage | None = None
-    keys: tuple[str, ...] = ()  # one per destination of its result
-    outcome: Failed | Skipped | None = None
+    key: str = ""  # the journal key of this job's result for it
+    outcome: Failed | AlreadyDone | Skipped | None = None
 
 
 class _Batch:
-    """The state of one run: the job's identity, the journal, the output files."""
+    """The state of one run: the job's identity, the outputs and their journal."""
 
     def __init__(
         self,
@@ -113,66 +134,24 @@ class _Batch:
         items: Sequence[ImageItem],
     ) -> None:
         self.engine, self.settings, self.options, self.run = engine, settings, options, run
-        self.job = self._job_identity()
-        self.sidecar_owner = self._sidecar_owners(items) if run.sidecars else {}
-        self.journal: LineFile | None = None
-        self.done: set[str] = set()
-        self.results: LineFile | None = None
-        if run.writes_files:
-            path = run.journal or settings.home / JOURNAL_NAME
-            self.journal = LineFile(path)
-            if run.resume:
-                self.done = {key for line in self.journal.read() for key in line.get("keys", ())}
-        if run.jsonl is not None:
-            self.results = LineFile(run.jsonl)
-
-    def _job_identity(self) -> str:
-        low, high = pixel_budget(
-            self.settings, min_pixels=self.options.min_pixels, max_pixels=self.options.max_pixels
-        )
-        job = {
-            "model": self.engine.model_id,
-            "prompt": self.options.prompt,
-            "system": self.settings.system_prompt_for(self.options.system_prompt),
-            "sampling": asdict(self.options.sampling),
-            "json_schema": self.options.json_schema,
-            "pixels": [low, high],
-        }
-        return json.dumps(job, sort_keys=True)
-
-    @staticmethod
-    def _sidecar_owners(items: Sequence[ImageItem]) -> dict[Path, ImageItem]:
-        owners: dict[Path, ImageItem] = {}
-        for item in items:
-            if item.sidecar is not None:
-                owners.setdefault(item.sidecar.resolve(), item)
-        return owners
-
-    def keys(self, image: ImageItem, sha256: str) -> tuple[str, ...]:
-        """The journal keys of this job's result for an image: one per place it is written."""
-        source = str(image.path.resolve()) if image.path is not None else image.name
-        destinations = []
-        if self.run.jsonl is not None:
-            destinations.append(f"jsonl {self.run.jsonl.resolve()}")
-        if self.run.sidecars and image.sidecar is not None:
-            destinations.append(f"sidecar {image.sidecar.resolve()}")
-        return tuple(
-            hashlib.sha256(f"{self.job}\n{source}\n{sha256}\n{d}".encode()).hexdigest()
-            for d in destinations
-        )
-
-    def is_done(self, keys: tuple[str, ...]) -> bool:
-        return self.run.resume and bool(keys) and all(key in self.done for key in keys)
+        self.job = job_identity(engine.model_id, settings, options)
+        self.sidecar_owner = sidecar_owners(items) if run.sidecars else {}
+        self.ledger = Ledger(run, items)
+        self.redone: Counter[str] = Counter()  # written by the prefetch thread only
 
     # -- ahead of time, in the prefetch thread ---------------------------------------------
 
     def prepare(self, image: ImageItem) -> _Prepared:
         """Decide whether ``image`` needs captioning and, if so, load it."""
-        early = self._skip_or_refuse(image)
-        if early is not None:
-            return _Prepared(image, outcome=early)
-        if self._done_before_decoding(image):
-            return _Prepared(image, outcome=Skipped(image, DONE_BEFORE))
+        refused = refuse_sidecar(image, self.run, self.sidecar_owner)
+        if refused is not None:
+            return _Prepared(image, outcome=refused)
+        key = self._key_before_decoding(image)
+        if key is not None and self.ledger.is_done(key, image):
+            return _Prepared(image, outcome=AlreadyDone(image))
+        exists = existing_sidecar(image, self.run)
+        if exists is not None:
+            return _Prepared(image, outcome=exists)
         try:
             loaded = load_image(
                 image.source,
@@ -182,46 +161,22 @@ class _Batch:
             )
         except EdgecapError as exc:
             return _Prepared(image, outcome=Failed(image, exc))
-        keys = self.keys(image, loaded.sha256)
-        if self.is_done(keys):
-            return _Prepared(image, outcome=Skipped(image, DONE_BEFORE))
-        return _Prepared(image, loaded, keys)
+        key = image_key(self.job, image, loaded.sha256)
+        if self.ledger.is_done(key, image):
+            return _Prepared(image, outcome=AlreadyDone(image))
+        why = self.ledger.why_redone(key)
+        if why is not None:
+            self.redone[why] += 1
+        return _Prepared(image, loaded, key)
 
-    def _done_before_decoding(self, image: ImageItem) -> bool:
+    def _key_before_decoding(self, image: ImageItem) -> str | None:
         # Hashing a file is much cheaper than decoding it: resuming a long run skips quickly.
         if not self.run.resume or image.path is None:
-            return False
-        try:
-            return self.is_done(self.keys(image, sha256_file(image.path)))
-        except OSError:
-            return False  # load_image reports it
-
-    def _skip_or_refuse(self, image: ImageItem) -> Failed | Skipped | None:
-        if not self.run.sidecars:
             return None
-        sidecar = image.sidecar
-        if sidecar is None:
-            if self.run.jsonl is not None:
-                return None  # its result goes to the JSONL file only
-            return Failed(
-                image,
-                InvalidParameter(
-                    f"{image.name} is not a file, so it has no sidecar: write its result with "
-                    "--out FILE."
-                ),
-            )
-        owner = self.sidecar_owner.get(sidecar.resolve())
-        if owner is not None and owner != image:
-            return Failed(
-                image,
-                InvalidParameter(
-                    f"its sidecar {sidecar} is also the sidecar of {owner.name}: rename one "
-                    "of the two images."
-                ),
-            )
-        if sidecar.exists() and not self.run.overwrite:
-            return Skipped(image, f"{sidecar} exists (--overwrite redoes it)")
-        return None
+        try:
+            return image_key(self.job, image, sha256_file(image.path))
+        except OSError:
+            return None  # load_image reports it
 
     # -- in turn, in the calling thread ----------------------------------------------------
 
@@ -239,6 +194,44 @@ class _Batch:
                     on_piece(image, piece.text)
         except EdgecapError as exc:
             return Failed(image, exc)
+        return self.finish(prepared, result)
+
+    def caption_together(
+        self,
+        stream_many: Callable[..., Iterator[tuple[_Prepared, object]]],
+        futures: Iterator[Future[_Prepared]],
+        in_flight: int,
+        on_piece: OnPiece | None,
+        report: OnOutcome,
+    ) -> None:
+        """Caption with ``in_flight`` images decoded together; ``report`` every outcome.
+
+        An image still loading is not waited for while others decode (None: not ready yet).
+        """
+
+        def requests() -> Iterator[tuple[_Prepared, CaptionRequest] | None]:
+            for future in futures:
+                while not future.done():
+                    yield None
+                prepared = future.result()
+                if prepared.outcome is not None:
+                    report(prepared.outcome)
+                elif prepared.loaded is not None:
+                    yield prepared, self.options.request(prepared.loaded)
+
+        for prepared, item in stream_many(requests(), in_flight=in_flight):
+            if isinstance(item, TokenPiece):
+                if on_piece is not None:
+                    on_piece(prepared.image, item.text)
+            elif isinstance(item, EdgecapError):
+                report(Failed(prepared.image, item))
+            elif isinstance(item, CaptionResult):
+                report(self.finish(prepared, item))
+
+    def finish(self, prepared: _Prepared, result: CaptionResult | None) -> Outcome:
+        """Store a caption's result durably; its outcome."""
+        image = prepared.image
+        assert prepared.loaded is not None
         if result is None:
             return Failed(image, EdgecapError("The engine stopped without a result."))
         captioned = Captioned(
@@ -252,27 +245,54 @@ class _Batch:
                 cost_per_second=self.settings.cost_per_second,
             ),
         )
-        self._store(captioned, prepared.keys)
+        self.ledger.store(captioned, prepared.key)
         return captioned
 
-    def _store(self, captioned: Captioned, keys: tuple[str, ...]) -> None:
-        """Write the outputs durably, then (and only then) journal the image as done."""
-        if self.run.sidecars and captioned.image.sidecar is not None:
-            write_sidecar(captioned.image.sidecar, captioned.result.text)
-        if self.results is not None:
-            self.results.append(captioned.record())
-        if self.journal is not None:
-            self.journal.append(
-                {
-                    "keys": list(keys),
-                    "image": captioned.image.name,
-                    "sha256": captioned.sha256,
-                    "model": captioned.result.model,
-                    "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                }
-            )
-
     def close(self) -> None:
-        for file in (self.results, self.journal):
-            if file is not None:
-                file.close()
+        self.ledger.close()
+
+
+def sidecar_owners(items: Sequence[ImageItem]) -> dict[Path, ImageItem]:
+    """Each sidecar path of ``items`` -> the first image writing it."""
+    owners: dict[Path, ImageItem] = {}
+    for item in items:
+        if item.sidecar is not None:
+            owners.setdefault(item.sidecar.resolve(), item)
+    return owners
+
+
+def refuse_sidecar(
+    image: ImageItem, run: RunOptions, owners: dict[Path, ImageItem]
+) -> Failed | None:
+    """A failure if ``image`` needs a sidecar it cannot have (a URL, a name another owns)."""
+    if not run.sidecars:
+        return None
+    sidecar = image.sidecar
+    if sidecar is None:
+        if run.jsonl is not None:
+            return None  # its result goes to the JSONL file only
+        return Failed(
+            image,
+            InvalidParameter(
+                f"{image.name} is not a file, so it has no sidecar: write its result with "
+                "--out FILE."
+            ),
+        )
+    owner = owners.get(sidecar.resolve())
+    if owner is not None and owner != image:
+        return Failed(
+            image,
+            InvalidParameter(
+                f"its sidecar {sidecar} is also the sidecar of {owner.name}: rename one "
+                "of the two images."
+            ),
+        )
+    return None
+
+
+def existing_sidecar(image: ImageItem, run: RunOptions) -> Skipped | None:
+    """Skipped if the run writes sidecars, this image has one, and ``--overwrite`` is off."""
+    sidecar = image.sidecar
+    if run.sidecars and not run.overwrite and sidecar is not None and sidecar.exists():
+        return Skipped(image, f"{sidecar} exists (--overwrite redoes it)")
+    return None

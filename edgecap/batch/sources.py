@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgecap.batch.manifest import MANIFEST_SUFFIXES, read_manifest
 from edgecap.errors import InvalidParameter, MissingInputImage
 
 # Files a folder search picks up (case-insensitive). A file named on the command line is
@@ -47,7 +48,9 @@ def find_images(specs: Sequence[str]) -> list[ImageItem]:
     """The images that command-line specs name, in order, each once.
 
     A spec is ``-`` (stdin), an http(s) URL, a file, a folder (searched recursively for
-    :data:`IMAGE_SUFFIXES`, hidden entries skipped, sorted) or a glob (``**`` recurses). Raises
+    :data:`IMAGE_SUFFIXES`, hidden entries skipped, sorted), a glob (``**`` recurses) or a
+    manifest (a ``.jsonl``, ``.csv`` or ``.parquet`` file listing images,
+    :mod:`edgecap.batch.manifest`). Raises
     :class:`InvalidParameter` for a path that does not exist or a folder or glob with no image,
     so that a typo fails before a model is loaded.
     """
@@ -68,6 +71,8 @@ def _expand(spec: str) -> list[ImageItem]:
     if spec == "-" or URL_PATTERN.match(spec):
         return [ImageItem(spec)]
     path = Path(spec).expanduser()
+    if path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
+        return [ImageItem(source) for source in read_manifest(path)]
     if path.is_dir():
         found = _images_under(path)
         if not found:

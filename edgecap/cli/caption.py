@@ -1,7 +1,8 @@
-"""``edgecap caption IMAGE...``: caption files, folders, globs, URLs or stdin.
+"""``edgecap caption IMAGE...``: caption files, folders, globs, manifests, URLs or stdin.
 
 Parses and validates the flags, finds the images, resolves the model, then hands everything to
-:func:`edgecap.batch.caption_many` and prints what comes back (:mod:`edgecap.cli.render`).
+:func:`edgecap.batch.caption_many` (or, with ``--ray``, :func:`edgecap.batch.ray_run.
+caption_on_ray`) and prints what comes back (:mod:`edgecap.cli.render`).
 """
 
 from __future__ import annotations
@@ -24,17 +25,22 @@ from edgecap.batch import (
     Summary,
     caption_many,
     find_images,
+    redo_summary,
 )
+from edgecap.batch.model_check import describe_model
+from edgecap.batch.ray_run import RayOptions, caption_on_ray, import_ray
 from edgecap.cli.render import OUTPUT_FORMATS, OutputFormat, Renderer, random_weights_notice, say
 from edgecap.config import (
     MAX_SEED,
     MAX_TEMPERATURE,
     MAX_TOKENS_LIMIT,
+    MAX_TOP_K,
     PIXELS_PER_TOKEN,
     Settings,
     default_of,
     load_settings,
 )
+from edgecap.errors import InvalidParameter
 from edgecap.records import ModelFiles, Sampling
 from edgecap.registry import Registry
 
@@ -43,7 +49,7 @@ SAMPLING_DEFAULTS = Sampling()  # what the sampling flags default to
 SAMPLING_FLAGS: tuple[tuple[str, Callable[[str], float], float, float, str | None, str], ...] = (
     ("--temperature", float, 0.0, MAX_TEMPERATURE, "T", "0 picks the likeliest token every time"),
     ("--top-p", float, 0.0, 1.0, "P", "nucleus sampling; 1 is off"),
-    ("--top-k", int, 0, 1000, "K", "sample from the K likeliest tokens; 0 is off"),
+    ("--top-k", int, 0, MAX_TOP_K, "K", "sample from the K likeliest tokens; 0 is off"),
     ("--seed", int, 0, MAX_SEED, None, "sampling seed"),
 )
 
@@ -82,8 +88,9 @@ def add_parser(subparsers: Any) -> None:
         help="caption images, folders, globs or URLs",
         description=(
             "Caption images. IMAGE is a file, a folder (searched recursively), a glob, an "
-            "http(s) URL, or - for stdin. Text streams for one image; folders show a progress "
-            "bar, and a bad image is reported and skipped (exit code 1)."
+            "http(s) URL, a manifest (.jsonl, .csv or .parquet listing images), or - for "
+            "stdin. Text streams for one image; folders show a progress bar, and a bad image "
+            "is reported and skipped (exit code 1). --ray runs the same on a Ray cluster."
         ),
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="what to caption")
@@ -151,12 +158,29 @@ def add_parser(subparsers: Any) -> None:
     out.add_argument("--out", type=Path, metavar="FILE", help="append JSONL results to FILE")
     out.add_argument("--sidecar", action="store_true", help="write photo.txt next to photo.jpg")
     out.add_argument("--overwrite", action="store_true", help="redo images that have a sidecar")
-    out.add_argument("--resume", action="store_true", help="skip images done by an earlier run")
     out.add_argument(
-        "--journal",
-        type=Path,
-        metavar="FILE",
-        help="where finished images are recorded (default: $EDGECAP_HOME/batch-journal.jsonl)",
+        "--resume",
+        action="store_true",
+        help="skip images whose results for this same job are still in the --out file and "
+        "sidecars (journal: FILE.journal beside --out)",
+    )
+
+    scale = parser.add_argument_group("on a Ray cluster (pip install 'edgecap[ray]')")
+    scale.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="caption on Ray: ADDRESS is host:port or auto; none starts a local Ray",
+    )
+    scale.add_argument(
+        "--engines", type=bounded(int, 1, 4096), metavar="N", help="engine actors (default: fill)"
+    )
+    scale.add_argument(
+        "--cpus-per-engine",
+        type=bounded(int, 1, 1024),
+        metavar="K",
+        help="CPUs (and llama.cpp threads) per engine (default: the smallest node's)",
     )
     parser.set_defaults(func=run)
 
@@ -203,21 +227,29 @@ def run(args: argparse.Namespace) -> int:
         sidecars=args.sidecar,
         overwrite=args.overwrite,
         resume=args.resume,
-        journal=args.journal,
         include_cost=args.include_cost,
     )
     items = find_images(args.images)
     options = caption_options(args, settings)
     output: OutputFormat | None = args.output or (None if run_options.writes_files else "text")
-    renderer = Renderer(output, stream=len(items) == 1)
+    renderer = Renderer(output, stream=len(items) == 1 and args.ray is None)
 
+    cluster = ray_options(args)
     model = resolve_model(settings, args.model)
-    engine = open_engine(model, settings)
-    try:
-        summary = _caption_with_progress(items, engine, settings, options, run_options, renderer)
-    finally:
-        engine.close()
-    if len(items) > 1 or summary.failed or summary.skipped:
+    if cluster is not None:
+        summary = _on_ray(items, model, settings, options, run_options, cluster, renderer)
+    else:
+        engine = open_engine(model, settings)
+        try:
+            summary = _caption_with_progress(
+                items, engine, settings, options, run_options, renderer
+            )
+        finally:
+            engine.close()
+    redone = redo_summary(summary.redone)
+    if redone is not None:
+        print(redone, file=sys.stderr)
+    if len(items) > 1 or summary.failed or summary.skipped or summary.done:
         print(summary.line(), file=sys.stderr)
     return summary.exit_code
 
@@ -227,16 +259,64 @@ def caption_options(args: argparse.Namespace, settings: Settings) -> CaptionOpti
     return CaptionOptions(
         prompt=args.prompt or settings.default_prompt,
         system_prompt=args.system,
-        sampling=Sampling(
+        sampling=settings.sampling_for(
             temperature=args.temperature,
             top_p=args.top_p,
             top_k=args.top_k,
             seed=args.seed,
-            max_tokens=args.max_tokens or settings.max_tokens,
+            max_tokens=args.max_tokens,
         ),
         json_schema=args.json_schema,
         min_pixels=args.min_pixels,
         max_pixels=args.max_pixels,
+    )
+
+
+def ray_options(args: argparse.Namespace) -> RayOptions | None:
+    """The cluster ``--ray`` names (None: caption here); Ray itself must be installed."""
+    if args.ray is None:
+        for flag, value in (
+            ("--engines", args.engines),
+            ("--cpus-per-engine", args.cpus_per_engine),
+        ):
+            if value is not None:
+                raise InvalidParameter(f"{flag} needs --ray: it sizes the engines of a cluster.")
+        return None
+    import_ray()  # fail before the model is resolved if Ray is missing
+    return RayOptions(
+        address=args.ray or None, engines=args.engines, cpus_per_engine=args.cpus_per_engine
+    )
+
+
+def _on_ray(
+    items: list[ImageItem],
+    model: ModelFiles,
+    settings: Settings,
+    options: CaptionOptions,
+    run_options: RunOptions,
+    cluster: RayOptions,
+    renderer: Renderer,
+) -> Summary:
+    with _progress(len(items)) as bar:
+
+        def on_outcome(outcome: Outcome) -> None:
+            bar.update(1)
+            renderer.outcome(outcome)
+
+        check = describe_model(model, settings)
+        return caption_on_ray(
+            items, check, settings, options, run_options, cluster, on_outcome=on_outcome
+        )
+
+
+def _progress(total: int) -> tqdm:
+    # The bar shows only for several images, and only on a terminal (disable=None).
+    return tqdm(
+        total=total,
+        unit="img",
+        file=sys.stderr,
+        disable=None if total > 1 else True,
+        dynamic_ncols=True,
     )
 
 
@@ -248,14 +328,7 @@ def _caption_with_progress(
     run_options: RunOptions,
     renderer: Renderer,
 ) -> Summary:
-    # The bar shows only for several images, and only on a terminal (disable=None).
-    with tqdm(
-        total=len(items),
-        unit="img",
-        file=sys.stderr,
-        disable=None if len(items) > 1 else True,
-        dynamic_ncols=True,
-    ) as bar:
+    with _progress(len(items)) as bar:
 
         def on_outcome(outcome: Outcome) -> None:
             bar.update(1)

@@ -11,7 +11,6 @@ builders are part of the package, so the demo works from an installed wheel.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ from edgecap.cli import caption
 from edgecap.cli.render import say, to_json
 from edgecap.config import Settings, load_settings
 from edgecap.errors import EdgecapError, ModelError, ModelNotReady
+from edgecap.fsutil import publish
 from edgecap.records import ModelFiles, Sampling
 from edgecap.registry import Registry
 
@@ -109,8 +109,8 @@ def build_demo_files(dest: Path) -> tuple[Path, Path]:
             name=DEMO_MODEL,
             progress=sys.stderr.isatty(),
         )
-        os.replace(built_mmproj, mmproj)
-        os.replace(built_text, text)  # last: its presence says both are complete
+        publish(built_mmproj, mmproj)
+        publish(built_text, text)  # last: its presence says both are complete
     return text, mmproj
 
 

@@ -22,7 +22,8 @@ from edgecap import __version__
 from edgecap.cli.demo import DEMO_MODEL, caption_sample
 from edgecap.cli.render import to_json
 from edgecap.config import Settings, load_settings
-from edgecap.engine.hardware import physical_cores
+from edgecap.engine.gguf_check import check_mmproj
+from edgecap.engine.hardware import physical_cores, recommend
 from edgecap.errors import EdgecapError, ModelNotReady
 from edgecap.registry import Registry
 
@@ -35,6 +36,7 @@ SIMD_FEATURES = (
     "AVX512_BF16", "AMX_INT8", "NEON", "ARM_FMA", "FP16_VA", "DOTPROD", "MATMUL_INT8",
     "SVE", "SME",
 )  # fmt: skip
+FILE_TYPE_NAMES = {0: "f32", 1: "f16", 32: "bf16", 7: "q8_0"}  # llama_ftype of a projector
 INSTALL_LLAMA_CPP = (
     f"pip install llama-cpp-python=={PINNED_LLAMA_CPP_PYTHON} (it compiles llama.cpp, about "
     "5 minutes on 2 cores; `make demo` does it)"
@@ -63,7 +65,15 @@ def add_parser(subparsers: Any) -> None:
             "sample image. Exit code 1 when something is broken; each problem comes with its fix."
         ),
     )
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument(
+        "--output",
+        choices=["text", "json"],
+        default="text",
+        help="text for people (default), json for scripts",
+    )
+    parser.add_argument(
+        "--json", dest="output", action="store_const", const="json", help="= --output json"
+    )
     parser.add_argument(
         "--smoke-model",
         nargs="?",
@@ -81,8 +91,13 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings()
     checks = diagnose(settings, smoke_model=args.smoke_model, verify=not args.no_verify)
     failed = [c for c in checks if c.status == "fail"]
-    if args.json:
-        print(to_json({"ok": not failed, "checks": [c.to_dict() for c in checks]}, indent=2))
+    if args.output == "json":
+        report = {
+            "ok": not failed,
+            "recommendations": recommendations(),
+            "checks": [c.to_dict() for c in checks],
+        }
+        print(to_json(report, indent=2))
     else:
         for check in checks:
             print(f"{check.status:<5} {check.name:<9} {check.detail}")
@@ -109,6 +124,7 @@ def diagnose(settings: Settings, *, smoke_model: str | None, verify: bool) -> li
     steps: list[tuple[str, bool, Callable[[], Check]]] = [
         ("backend", True, lambda: check_backend(settings)),
         ("threads", False, lambda: check_threads(settings)),
+        ("files", False, lambda: check_files(settings)),
         ("models", False, lambda: check_models(settings, verify=verify)),
         ("smoke", True, lambda: check_smoke(settings, smoke_model)),
     ]
@@ -188,6 +204,35 @@ def check_threads(settings: Settings) -> Check:
     threads = settings.n_threads or physical_cores()
     source = "EDGECAP_N_THREADS" if settings.n_threads else "physical cores"
     return Check("threads", "ok", f"{threads} ({source})", data={"threads": threads})
+
+
+def recommendations() -> dict[str, str]:
+    """What model files suit this CPU (``doctor --output json`` carries it for scripts)."""
+    advice = recommend()
+    return {"mmproj_type": advice.mmproj_type, "mmproj_reason": advice.reason}
+
+
+def check_files(settings: Settings) -> Check:
+    """The projector type this CPU encodes fastest, against the default model's projector."""
+    advice = recommend()
+    detail = f"{advice.mmproj_type} projector recommended: {advice.reason}"
+    data: dict[str, Any] = {"mmproj_type": advice.mmproj_type}
+    try:
+        default = Registry(settings).resolve(None)
+        file_type = check_mmproj(default.mmproj).file_type
+    except EdgecapError:  # no model, or a broken one: the models check reports that
+        return Check("files", "ok", detail, data=data)
+    installed = FILE_TYPE_NAMES.get(-1 if file_type is None else file_type, "other")
+    data["installed_mmproj_type"] = installed
+    detail += f"; {default.id}'s projector is {installed}"
+    if installed in ("f16", "bf16") and installed != advice.mmproj_type:
+        fix = (
+            f"a {advice.mmproj_type} projector encodes faster here: convert one from the "
+            f"checkpoint (`python tools/convert.py CHECKPOINT --outdir out --mmproj-type "
+            f"{advice.mmproj_type}`) and `edgecap models register` it"
+        )
+        return Check("files", "warn", detail, fix, data)
+    return Check("files", "ok", detail, data=data)
 
 
 def check_models(settings: Settings, *, verify: bool) -> Check:

@@ -25,8 +25,19 @@ OUTPUT_FORMATS: tuple[OutputFormat, ...] = ("text", "json", "jsonl")
 
 
 def to_json(data: Any, *, indent: int | None = None) -> str:
-    """JSON with non-ASCII kept as is: one compact line, or indented for people."""
-    return json.dumps(data, ensure_ascii=False, indent=indent)
+    """JSON with non-ASCII kept as is: one compact line, or indented for people. Text UTF-8
+    cannot hold (a file name that is not UTF-8) makes it all ASCII, with JSON escapes."""
+    text = json.dumps(data, ensure_ascii=False, indent=indent)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(data, indent=indent)
+    return text
+
+
+def shown(name: str) -> str:
+    """A name fit for a terminal: bytes of a non-UTF-8 file name become U+FFFD."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def say(message: str) -> None:
@@ -50,7 +61,7 @@ class Renderer:
 
     def outcome(self, outcome: Outcome) -> None:
         if isinstance(outcome, Failed):
-            say(f"{outcome.image.name}: {outcome.error.message}")
+            say(shown(f"{outcome.image.name}: {outcome.error.message}"))
         elif isinstance(outcome, Captioned):
             self._result(outcome)
 
@@ -60,7 +71,8 @@ class Renderer:
                 sys.stdout.write("\n")
                 sys.stdout.flush()
             else:
-                tqdm.write(f"==> {captioned.image.name} <==\n{captioned.result.text}", sys.stdout)
+                header = f"==> {shown(captioned.image.name)} <=="
+                tqdm.write(f"{header}\n{captioned.result.text}", sys.stdout)
         elif self.output == "json":
             tqdm.write(to_json(captioned.api_item), sys.stdout)
         elif self.output == "jsonl":

@@ -37,6 +37,7 @@ from edgecap.convert.checkpoint import (
 )
 from edgecap.convert.progress import progress_bar, staged_outputs
 from edgecap.engine.gguf_check import mmproj_tensor_names, text_tensor_names
+from edgecap.engine.hardware import recommend
 from edgecap.errors import ConversionError
 
 # Values are read and converted in blocks of at most this many (64 MB as float32).
@@ -369,25 +370,26 @@ def convert(
     name: str | None = None,
     force: bool = False,
     progress: bool = True,
+    mmproj_type: str | None = None,
 ) -> tuple[Path, Path]:
     """Convert ``checkpoint`` into ``(text_gguf, mmproj_gguf)`` in ``outdir``.
+
+    ``mmproj_type`` is the projector's tensor type; None follows :func:`projector_type_for`.
 
     Both files appear only when both are complete. Raises ConversionError for a checkpoint that
     cannot be converted (the message says why and what to do) or an existing output without
     ``force``.
     """
     checkpoint, outdir = Path(checkpoint), Path(outdir)
-    if outtype not in OUTTYPES:
-        raise ConversionError(
-            f"Unknown output type {outtype!r}; choose one of {', '.join(OUTTYPES)}.",
-            parameter="outtype",
-        )
-    kind = OUTTYPES[outtype]
+    kind = _outtype(outtype, "outtype")
+    vision_kind = _outtype(mmproj_type or projector_type_for(outtype), "mmproj_type")
     config = load_config(checkpoint)
-    text_tensors, vision_tensors = plan_tensors(load_checkpoint_tensors(checkpoint), config, kind)
+    stored = load_checkpoint_tensors(checkpoint)
+    text_tensors, _ = plan_tensors(stored, config, kind)
+    _, vision_tensors = plan_tensors(stored, config, vision_kind)
     name = name or checkpoint.resolve().name
     text_path = outdir / f"{name}-{kind.label}.gguf"
-    mmproj_path = outdir / f"mmproj-{name}-{kind.label}.gguf"
+    mmproj_path = outdir / f"mmproj-{name}-{vision_kind.label}.gguf"
     total = sum(t.source_bytes for t in text_tensors + vision_tensors)
     outdir.mkdir(parents=True, exist_ok=True)
     with (
@@ -397,5 +399,21 @@ def convert(
         writer = text_writer(config, name, kind)
         add_tokenizer(writer, checkpoint, config.vocab_size)
         write_gguf(text_partial, writer, text_tensors, bar)
-        write_gguf(mmproj_partial, mmproj_writer(config, name, kind), vision_tensors, bar)
+        write_gguf(mmproj_partial, mmproj_writer(config, name, vision_kind), vision_tensors, bar)
     return text_path, mmproj_path
+
+
+def projector_type_for(outtype: str) -> str:
+    """The projector's type by default: a 16-bit conversion writes the projector in the 16-bit
+    type this CPU computes fastest (bf16 with native bf16 dot products, else f16); f32 and
+    q8_0 conversions keep the projector in the same type as the text model."""
+    return recommend().mmproj_type if outtype in ("f16", "bf16") else outtype
+
+
+def _outtype(value: str, parameter: str) -> OutType:
+    if value not in OUTTYPES:
+        raise ConversionError(
+            f"Unknown {parameter} {value!r}; choose one of {', '.join(OUTTYPES)}.",
+            parameter=parameter,
+        )
+    return OUTTYPES[value]

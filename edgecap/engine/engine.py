@@ -11,22 +11,20 @@ so that (see docs/qwen25vl-gguf.md):
   positions but nx*ny cells);
 - the vision encoder runs with flash attention.
 
-The engine is not thread-safe (neither is llama.cpp); calls are serialised by a lock. Several
-sequences share one context through slots: that is the seam for batched decoding later.
+Several sequences share one context through slots and are decoded together by the
+:class:`~edgecap.engine.scheduler.Scheduler` (continuous batching): ``stream_many`` runs several
+requests at once in the calling thread; the worker process drives ``scheduler`` directly. The
+engine is not thread-safe (neither is llama.cpp); calls are serialised by a lock.
 """
 
 from __future__ import annotations
 
-import codecs
-import ctypes
-import json
 import threading
 import time
 import unicodedata
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeVar
 
-import jsonschema
 import llama_cpp
 import llama_cpp.mtmd_cpp as mtmd
 import numpy as np
@@ -38,15 +36,12 @@ from edgecap.engine.cache import EmbeddingCache, file_fingerprint
 from edgecap.engine.hardware import detect_backend, physical_cores
 from edgecap.engine.prefill import N_BATCH, PromptEvaluator
 from edgecap.engine.prompt import ChatTemplate
-from edgecap.engine.sampling import LoopGuard, make_grammar, make_sampler
-from edgecap.errors import ContextOverflow, InferenceError, ModelError
-from edgecap.records import (
-    CaptionRequest,
-    CaptionResult,
-    FinishReason,
-    ModelFiles,
-    TokenPiece,
-)
+from edgecap.engine.scheduler import Scheduler
+from edgecap.errors import EdgecapError, InferenceError, ModelError
+from edgecap.records import CaptionRequest, CaptionResult, ModelFiles, TokenPiece
+
+K = TypeVar("K")
+NOT_READY_POLL_S = 0.01  # how often an idle stream_many asks again for a request not ready
 
 N_SLOTS = 4  # sequences sharing the context (each keeps its own prefix cache)
 
@@ -76,7 +71,6 @@ class Engine:
         self.settings = settings
         self.counters = {"image_encodes": 0, "image_cache_hits": 0, "prefix_cache_hits": 0}
         self._lock = threading.Lock()
-        self._loop_guard = LoopGuard()
         threads = settings.n_threads or physical_cores()
         self.n_ctx = min(settings.n_ctx, text_info.n_ctx_train or settings.n_ctx)
 
@@ -145,6 +139,15 @@ class Engine:
             mmproj_fingerprint=file_fingerprint(model.mmproj),
             counters=self.counters,
         )
+        self.scheduler = Scheduler(
+            model=self._model,
+            ctx=self._ctx,
+            prompts=self._prompts,
+            render=self._render,
+            model_id=self.model_id,
+            n_ctx=self.n_ctx,
+            n_slots=N_SLOTS,
+        )
 
     # ------------------------------------------------------------------ public API
 
@@ -156,9 +159,63 @@ class Engine:
         raise InferenceError("generation ended without a result")  # pragma: no cover
 
     def stream(self, request: CaptionRequest) -> Iterator[TokenPiece | CaptionResult]:
-        """Yield text pieces as they are generated, then one ``CaptionResult``."""
+        """Yield text pieces as they are generated, then one ``CaptionResult``.
+
+        Closing the generator early cancels the caption and frees its slot.
+        """
+        for _, item in self.stream_many(iter([(None, request)]), in_flight=1):
+            if isinstance(item, EdgecapError):
+                raise item
+            yield item
+
+    def stream_many(
+        self, requests: Iterator[tuple[K, CaptionRequest] | None], *, in_flight: int = N_SLOTS
+    ) -> Iterator[tuple[K, TokenPiece | CaptionResult | EdgecapError]]:
+        """Caption ``(key, request)`` pairs, up to ``in_flight`` at once, decoded together.
+
+        Yields ``(key, piece)`` as text streams and ``(key, result)`` or ``(key, error)`` once
+        per request. The next request is taken from ``requests`` as soon as one is free, so
+        its image encode and prefill overlap the others' decoding; ``requests`` may yield None
+        for "none ready yet" (asked again after the next step, or shortly when idle). Closing
+        the generator cancels whatever is still in flight.
+        """
+        in_flight = max(1, min(in_flight, N_SLOTS))
+        scheduler = self.scheduler
         with self._lock:
-            yield from self._generate(request)
+            try:
+                pending: bool | None = True
+                while pending is not False or not scheduler.idle:
+                    pending = True
+                    while pending and scheduler.in_flight < in_flight:
+                        pending = self._submit_next(requests)
+                    if scheduler.idle and pending is None:
+                        time.sleep(NOT_READY_POLL_S)
+                    yield from scheduler.step()  # type: ignore[misc]
+            finally:
+                self._cancel_all()
+
+    def _submit_next(self, requests: Iterator[tuple[Any, CaptionRequest] | None]) -> bool | None:
+        """Submit the next request (a refused one is reported at the next step); None if the
+        next one is not ready yet, False once ``requests`` is exhausted."""
+        try:
+            entry = next(requests)
+        except StopIteration:
+            return False
+        if entry is None:
+            return None
+        key, request = entry
+        try:
+            self.scheduler.submit(key, request)
+        except EdgecapError as exc:
+            self.scheduler.report(key, exc)
+        return True
+
+    def _cancel_all(self) -> None:
+        scheduler = self.scheduler
+        for key in scheduler.in_flight_keys():
+            scheduler.cancel(key)
+        while not scheduler.idle:
+            scheduler.step()
 
     def prompt_logits(
         self, request: CaptionRequest, *, raw_prompt: str | None = None
@@ -170,13 +227,18 @@ class Engine:
         with self._lock:
             text = raw_prompt if raw_prompt is not None else self._render(request)
             prompt = self._prompts.tokenize(text, request.image)
+            reserved = self._prompts.reserve(prompt, prompt.n_tokens, reuse=False)
+            if reserved is None:  # pragma: no cover - the lock keeps every slot idle here
+                raise InferenceError("internal: no free slot")
+            slot = reserved[0]
             try:
-                slot = self._prompts.fresh_slot(prompt.n_tokens)
                 self._prompts.prefill(slot, prompt, {})
                 n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
                 logits = llama_cpp.llama_get_logits_ith(self._ctx.ctx, -1)
                 return np.ctypeslib.as_array(logits, shape=(n_vocab,)).copy()
             finally:
+                slot.prefix_key = None  # keep nothing: raw prompts may not be chat prompts
+                self._prompts.release(slot)
                 mtmd.mtmd_input_chunks_free(prompt.chunks)
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
@@ -185,6 +247,9 @@ class Engine:
         return list(self._model.tokenize(normalized, add_bos=False, special=special))
 
     def close(self) -> None:
+        if getattr(self, "scheduler", None) is not None:
+            self.scheduler.close()
+            self.scheduler = None  # type: ignore[assignment]
         if getattr(self, "_mtmd", None):
             mtmd.mtmd_free(self._mtmd)
             self._mtmd = None
@@ -199,114 +264,10 @@ class Engine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # ------------------------------------------------------------------ generation
+    # ------------------------------------------------------------------ helpers
 
     def _render(self, request: CaptionRequest) -> str:
         system = self.settings.system_prompt_for(request.system_prompt)
         return self._template.render(
             request.prompt, system_prompt=system, with_image=request.image is not None
         )
-
-    def _generate(self, request: CaptionRequest) -> Iterator[TokenPiece | CaptionResult]:
-        timings = {"load_image": request.image.load_seconds if request.image else 0.0}
-        grammar = make_grammar(request.json_schema) if request.json_schema is not None else None
-        prompt = self._prompts.tokenize(self._render(request), request.image)
-        try:
-            budget = self.n_ctx - prompt.n_tokens
-            if budget < 1:
-                raise ContextOverflow(
-                    f"The prompt needs {prompt.n_tokens} tokens but the context holds "
-                    f"{self.n_ctx}; lower maxPixels or shorten the prompt.",
-                    parameter="maxPixels" if request.image else "prompt",
-                )
-            max_tokens = min(request.sampling.max_tokens, budget)
-            # Reserve the cells generation will need too, so that other slots' caches are
-            # evicted now rather than the KV pool running out mid-caption.
-            slot, hits = self._prompts.slot_for(prompt, prompt.n_tokens + max_tokens)
-            n_past = self._prompts.prefill(slot, prompt, timings, hits)
-        finally:
-            mtmd.mtmd_input_chunks_free(prompt.chunks)
-
-        sampler = make_sampler(self._model, request.sampling, grammar)
-        batch = llama_cpp.llama_batch_init(1, 0, 1)
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        tokens: list[int] = []
-        pieces: list[str] = []
-        finish: FinishReason = "length"
-        started = time.perf_counter()
-        try:
-            while len(tokens) < max_tokens:
-                token = sampler.sample(self._ctx, -1)
-                if llama_cpp.llama_vocab_is_eog(self._vocab, token):
-                    finish = "stop"
-                    break
-                tokens.append(token)
-                piece = decoder.decode(self._token_bytes(token))
-                pieces.append(piece)
-                if piece:
-                    yield TokenPiece(piece)
-                if self._loop_guard.loop_start(tokens) is not None:
-                    finish = "loop"
-                    break
-                if len(tokens) == max_tokens:
-                    break
-                self._decode_one(batch, token, n_past, slot.seq_id)
-                n_past += 1
-                slot.cells += 1
-        finally:
-            llama_cpp.llama_batch_free(batch)
-            sampler.close()
-        timings["generate"] = time.perf_counter() - started
-
-        text = "".join(pieces) + decoder.decode(b"", final=True)
-        if finish == "loop":
-            cut = self._loop_guard.loop_start(tokens) or len(tokens)
-            text = self._model.detokenize(tokens[:cut]).decode("utf-8", "replace")
-        text = text.strip()
-        if request.json_schema is not None:
-            self._check_json(text, request.json_schema, finish)
-        yield CaptionResult(
-            text=text,
-            finish_reason=finish,
-            prompt_tokens=prompt.n_tokens,
-            image_tokens=request.image.tokens if request.image else 0,
-            generated_tokens=len(tokens),
-            timings=timings,
-            model=self.model_id,
-            image_cache_hit=hits.get("image", False),
-            prefix_cache_hit=hits.get("prefix", False),
-        )
-
-    def _token_bytes(self, token: int) -> bytes:
-        buf = ctypes.create_string_buffer(64)
-        n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
-        if n < 0:  # buffer too small: -n is the size needed
-            buf = ctypes.create_string_buffer(-n)
-            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
-        return buf.raw[:n]
-
-    def _decode_one(self, batch: Any, token: int, pos: int, seq: int) -> None:
-        # ``batch`` is a llama_batch; typed Any because the ctypes stubs mistype its arrays.
-        batch.n_tokens = 1
-        batch.token[0] = token
-        batch.pos[0] = pos
-        batch.n_seq_id[0] = 1
-        batch.seq_id[0][0] = seq
-        batch.logits[0] = True
-        if llama_cpp.llama_decode(self._ctx.ctx, batch) != 0:
-            raise InferenceError(f"llama_decode failed: {llama_log.tail(3)}")
-
-    @staticmethod
-    def _check_json(text: str, schema: dict[str, Any], finish: FinishReason) -> None:
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            hint = " (raise maxTokens)" if finish == "length" else ""
-            raise InferenceError(f"the output is not complete JSON{hint}: {exc}") from exc
-        if schema:
-            try:
-                jsonschema.validate(value, schema)
-            except jsonschema.ValidationError as exc:
-                raise InferenceError(
-                    f"the output does not match the schema: {exc.message}"
-                ) from exc

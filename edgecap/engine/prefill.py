@@ -1,5 +1,8 @@
 """Prompt evaluation: mtmd chunks into sequence slots of one shared llama.cpp context.
 
+The scheduler (:mod:`edgecap.engine.scheduler`) drives evaluation piece by piece so that other
+sequences keep decoding; :meth:`PromptEvaluator.prefill` evaluates a whole prompt at once.
+
 A prompt is tokenized by mtmd into text and image chunks. Each slot (a sequence id) remembers
 which "text before the image + image" its KV cache holds, so a new question about the same image
 only evaluates the new text; image embeddings come from the cache when the encoder has seen the
@@ -39,6 +42,7 @@ class Slot:
     prefix_cells: int = 0  # KV cells that prefix occupies
     cells: int = 0  # KV cells in use by this sequence
     last_used: float = 0.0
+    busy: bool = False  # a sequence in flight owns it
 
 
 @dataclass
@@ -105,12 +109,10 @@ class PromptEvaluator:
         prefix = hashlib.sha256()
         for i in range(mtmd.mtmd_input_chunks_size(chunks)):
             chunk = mtmd.mtmd_input_chunks_get(chunks, i)
-            if mtmd.mtmd_input_chunk_get_type(chunk) == mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE:
+            if is_image(chunk):
                 image_index = i
                 break
-            n = ctypes.c_size_t()
-            ids = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
-            prefix.update(np.ctypeslib.as_array(ids, shape=(n.value,)).tobytes())
+            prefix.update(text_tokens(chunk).tobytes())
         image_key = None
         prefix_key = None
         if image is not None and image_index is not None:
@@ -128,94 +130,147 @@ class PromptEvaluator:
             _keep=keep,
         )
 
-    def slot_for(self, prompt: Prompt, cells: int) -> tuple[Slot, dict[str, bool]]:
-        """A slot whose KV cache already holds this prompt's prefix, else a fresh one.
+    # -- slots -------------------------------------------------------------------------------
 
-        ``cells`` is what the whole request will occupy (prompt + tokens to generate); other
-        slots are evicted until it fits in the shared pool.
+    def reserve(
+        self, prompt: Prompt, cells: int, *, reuse: bool = True
+    ) -> tuple[Slot, dict[str, bool]] | None:
+        """An idle slot for ``prompt``, marked busy, with room for ``cells`` cells; else None.
+
+        A slot already holding the prompt's prefix (system prompt + image) is reused; if that
+        slot is busy with another sequence, the prefix's KV cells are shared into a free slot
+        (``seq_cp``: no copy in the unified pool). Only idle slots are ever evicted, so a
+        request that does not fit beside the running ones waits (None) rather than break them.
         """
-        if prompt.prefix_key is not None:
-            for slot in self._slots:
-                if slot.prefix_key == prompt.prefix_key:
-                    # Drop everything after the image; keep system prompt + image.
-                    llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, slot.prefix_pos, -1)
-                    slot.cells = slot.prefix_cells
-                    self._make_room(slot, cells - slot.prefix_cells)
-                    self.counters["prefix_cache_hits"] += 1
-                    return slot, {"prefix": True, "image": True}
-        return self.fresh_slot(cells), {}
+        holder = None
+        if reuse and prompt.prefix_key is not None:
+            holder = next((s for s in self._slots if s.prefix_key == prompt.prefix_key), None)
+        if holder is not None and not holder.busy:
+            slot = holder
+            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, slot.prefix_pos, -1)
+            slot.cells = slot.prefix_cells
+        else:
+            idle = [s for s in self._slots if not s.busy]
+            if not idle:
+                return None
+            slot = min(idle, key=lambda s: s.last_used)
+            self._clear(slot)
+        needed = cells - (slot.cells if holder is slot else 0)
+        if not self._make_room(slot, needed):
+            if holder is not slot:
+                slot.last_used = 0.0  # emptied: the first to be reused
+            return None
+        slot.busy = True
+        slot.last_used = time.monotonic()
+        if holder is None:
+            return slot, {}
+        if holder is not slot:  # share the busy holder's prefix
+            llama_cpp.llama_memory_seq_cp(
+                self._memory, holder.seq_id, slot.seq_id, -1, holder.prefix_pos
+            )
+            slot.prefix_key, slot.prefix_pos = holder.prefix_key, holder.prefix_pos
+            slot.prefix_cells = slot.cells = holder.prefix_cells
+        self.counters["prefix_cache_hits"] += 1
+        return slot, {"prefix": True, "image": True}
 
-    def fresh_slot(self, cells: int) -> Slot:
-        """The least recently used slot, emptied, with room for ``cells`` more cells."""
-        slot = min(self._slots, key=lambda s: s.last_used)
-        self._clear(slot)
-        self._make_room(slot, cells)
-        return slot
+    def busy_slots(self) -> int:
+        """Slots owned by a sequence in flight."""
+        return sum(s.busy for s in self._slots)
 
-    def _make_room(self, keep: Slot, cells: int) -> None:
-        """Evict the least recently used other slots until ``cells`` more cells fit."""
+    def release(self, slot: Slot) -> None:
+        """A sequence is done with ``slot``: keep its complete prefix for the next question."""
+        if slot.prefix_key is None:
+            self._clear(slot)
+        else:
+            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, slot.prefix_pos, -1)
+            slot.cells = slot.prefix_cells
+        slot.busy = False
+        slot.last_used = time.monotonic()
+
+    def _make_room(self, keep: Slot, cells: int) -> bool:
+        """Evict idle slots, least recently used first, until ``cells`` more cells fit."""
         for other in sorted(self._slots, key=lambda s: s.last_used):
-            if sum(s.cells for s in self._slots) + cells <= self.n_ctx:
-                return
-            if other is not keep:
+            if self._used() + cells <= self.n_ctx:
+                return True
+            if other is not keep and not other.busy:
                 self._clear(other)
+        return self._used() + cells <= self.n_ctx
+
+    def _used(self) -> int:
+        return sum(s.cells for s in self._slots)  # shared prefix cells count twice: an upper bound
 
     def _clear(self, slot: Slot) -> None:
         llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
         slot.prefix_key, slot.prefix_pos, slot.prefix_cells, slot.cells = None, 0, 0, 0
 
-    def prefill(
-        self,
-        slot: Slot,
-        prompt: Prompt,
-        timings: dict[str, float],
-        hits: dict[str, bool] | None = None,
-    ) -> int:
-        """Evaluate the prompt's chunks into ``slot`` (skipping a cached prefix).
+    # -- evaluation --------------------------------------------------------------------------
 
-        Returns the next position, which after an image is not the number of cells used.
+    def prefill(self, slot: Slot, prompt: Prompt, timings: dict[str, float]) -> int:
+        """Evaluate the whole prompt into a fresh ``slot`` at once (no other sequence runs).
+
+        Returns the next position; the last token's logits are at batch index -1.
         """
-        hits = hits if hits is not None else {}
-        slot.last_used = time.monotonic()
-        n_chunks = mtmd.mtmd_input_chunks_size(prompt.chunks)
-        first = 0
-        n_past = 0
-        if hits.get("prefix"):
-            first = (prompt.image_index or 0) + 1
-            n_past = slot.prefix_pos
         timings.setdefault("encode", 0.0)
         started = time.perf_counter()
-        new_n_past = llama_cpp.llama_pos(0)
-        for i in range(first, n_chunks):
-            chunk = mtmd.mtmd_input_chunks_get(prompt.chunks, i)
-            last = i == n_chunks - 1
-            new_n_past.value = n_past  # the helpers add to it rather than overwrite it
-            if i == prompt.image_index:
-                embd = self._image_embedding(chunk, prompt.image_key, timings, hits)
-                status = mtmd.mtmd_helper_decode_image_chunk(
-                    self._mtmd, self._ctx.ctx, chunk,
-                    embd.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
-                    n_past, slot.seq_id, N_BATCH, ctypes.byref(new_n_past), _NO_CALLBACK, None,
-                )  # fmt: skip
-            else:
-                status = mtmd.mtmd_helper_eval_chunk_single(
-                    self._mtmd, self._ctx.ctx, chunk, n_past, slot.seq_id, N_BATCH, last,
-                    ctypes.byref(new_n_past),
-                )  # fmt: skip
-            if status != 0:
-                self._clear(slot)
-                raise InferenceError(
-                    f"llama.cpp failed to evaluate the prompt: {llama_log.tail(3)}"
-                )
-            slot.cells += mtmd.mtmd_input_chunk_get_n_tokens(chunk)
-            n_past = new_n_past.value
-            if i == prompt.image_index:
-                slot.prefix_key = prompt.prefix_key
-                slot.prefix_pos, slot.prefix_cells = n_past, slot.cells
+        batch = TokenBatch(N_BATCH)
+        n_past = 0
+        n_chunks = mtmd.mtmd_input_chunks_size(prompt.chunks)
+        try:
+            for i in range(n_chunks):
+                chunk = mtmd.mtmd_input_chunks_get(prompt.chunks, i)
+                if i == prompt.image_index:
+                    embd = self.image_embedding(chunk, prompt.image_key, timings, {})
+                    n_past = self.decode_image(slot, prompt, chunk, embd, n_past)
+                    continue
+                tokens = text_tokens(chunk)
+                for start in range(0, len(tokens), N_BATCH):
+                    batch.clear()
+                    for j, token in enumerate(tokens[start : start + N_BATCH]):
+                        last = i == n_chunks - 1 and start + j == len(tokens) - 1
+                        batch.add(int(token), n_past + start + j, slot.seq_id, last)
+                    self.decode(batch)
+                slot.cells += len(tokens)
+                n_past += len(tokens)
+        finally:
+            batch.close()
         timings["prefill"] = time.perf_counter() - started - timings["encode"]
         return n_past
 
-    def _image_embedding(
+    def decode(self, batch: TokenBatch) -> None:
+        """``llama_decode`` the batch; raises :class:`InferenceError` if llama.cpp fails."""
+        if llama_cpp.llama_decode(self._ctx.ctx, batch.raw) != 0:
+            raise InferenceError(f"llama_decode failed: {llama_log.tail(3)}")
+
+    def decode_image(
+        self,
+        slot: Slot,
+        prompt: Prompt,
+        chunk: Any,
+        embd: np.ndarray,
+        n_past: int,
+        n_batch: int = N_BATCH,
+        between: Any = _NO_CALLBACK,
+    ) -> int:
+        """Decode an image chunk's embeddings into ``slot`` in batches of ``n_batch``.
+
+        ``between`` (an mtmd post-decode callback) runs after every batch: the scheduler decodes
+        other sequences' tokens there. Returns the next position (M-RoPE: not the cell count).
+        """
+        new_n_past = llama_cpp.llama_pos(n_past)
+        status = mtmd.mtmd_helper_decode_image_chunk(
+            self._mtmd, self._ctx.ctx, chunk,
+            embd.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
+            n_past, slot.seq_id, n_batch, ctypes.byref(new_n_past), between, None,
+        )  # fmt: skip
+        if status != 0:
+            self._clear(slot)
+            raise InferenceError(f"llama.cpp failed to evaluate the image: {llama_log.tail(3)}")
+        slot.cells += mtmd.mtmd_input_chunk_get_n_tokens(chunk)
+        slot.prefix_key = prompt.prefix_key
+        slot.prefix_pos, slot.prefix_cells = new_n_past.value, slot.cells
+        return new_n_past.value
+
+    def image_embedding(
         self,
         chunk: Any,
         key: EmbeddingKey | None,
@@ -234,8 +289,53 @@ class PromptEvaluator:
         out = mtmd.mtmd_get_output_embd(self._mtmd)
         embd = np.ctypeslib.as_array(out, shape=(n_tokens * self._n_embd_inp,)).copy()
         embd = embd.reshape(n_tokens, self._n_embd_inp)
-        timings["encode"] += time.perf_counter() - started
+        timings["encode"] = timings.get("encode", 0.0) + time.perf_counter() - started
         self.counters["image_encodes"] += 1
         if key is not None:
             self._embeddings.put(key, embd)
         return embd
+
+
+def text_tokens(chunk: Any) -> np.ndarray:
+    """The token ids of a text chunk (a view into mtmd's memory: use while chunks live)."""
+    n = ctypes.c_size_t()
+    ids = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
+    if n.value == 0:
+        return np.zeros(0, dtype=np.int32)
+    return np.ctypeslib.as_array(ids, shape=(n.value,))
+
+
+def is_image(chunk: Any) -> bool:
+    return bool(mtmd.mtmd_input_chunk_get_type(chunk) == mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE)
+
+
+class TokenBatch:
+    """A ``llama_batch`` of text tokens, each with its own position and sequence."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.raw: Any = llama_cpp.llama_batch_init(capacity, 0, 1)  # ctypes stubs mistype it
+        self.n = 0
+
+    def clear(self) -> None:
+        self.n = 0
+        self.raw.n_tokens = 0
+
+    def add(self, token: int, pos: int, seq_id: int, logits: bool) -> int:
+        """Append a token; returns its index (where its logits are, if ``logits``)."""
+        i = self.n
+        if i >= self.capacity:
+            raise InferenceError("internal: token batch overflow")
+        raw = self.raw
+        raw.token[i] = token
+        raw.pos[i] = pos
+        raw.n_seq_id[i] = 1
+        raw.seq_id[i][0] = seq_id
+        raw.logits[i] = logits
+        self.n = raw.n_tokens = i + 1
+        return i
+
+    def close(self) -> None:
+        if self.raw is not None:
+            llama_cpp.llama_batch_free(self.raw)
+            self.raw = None

@@ -52,6 +52,11 @@ class Variant(_Strict):
     def file(self, role: Role) -> str:
         return self.text if role == "text" else self.mmproj
 
+    @property
+    def mmproj_type(self) -> str:
+        """The projector's tensor type, from its published name (``mmproj-…-f16.gguf``)."""
+        return self.mmproj.removesuffix(".gguf").rsplit("-", 1)[-1].lower()
+
 
 class KnownModel(_Strict):
     id: str
@@ -93,6 +98,22 @@ class KnownModel(_Strict):
                 parameter="variant",
             )
         return key, self.variants[key]
+
+    def variant_for(self, mmproj_type: str) -> tuple[str, str | None]:
+        """The variant to pull where none was asked for: the default one's text file with a
+        projector of ``mmproj_type`` if one is published, else the default, with a note why."""
+        default_name, default = self.variant(None)
+        if default.mmproj_type == mmproj_type:
+            return default_name, None
+        for name, candidate in self.variants.items():
+            if candidate.text == default.text and candidate.mmproj_type == mmproj_type:
+                return name, None
+        note = (
+            f"a {mmproj_type} projector suits this CPU, but {self.id} publishes none; pulling "
+            f"the {default.mmproj_type} one (`tools/convert.py --mmproj-type {mmproj_type}` "
+            "makes one from the Hugging Face checkpoint)"
+        )
+        return default_name, note
 
 
 class Catalog(_Strict):

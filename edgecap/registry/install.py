@@ -8,11 +8,13 @@ installed.
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgecap.engine.hardware import recommend
 from edgecap.errors import InvalidParameter, ModelError
 from edgecap.fsutil import partial_path, publish
 from edgecap.registry import hub
@@ -20,6 +22,8 @@ from edgecap.registry.catalog import ROLES, CatalogFile, KnownModel, Licence, Ro
 from edgecap.registry.digests import check_digest, copy_hashed, sha256_file
 from edgecap.registry.packs import PackManifest, check_pack_files
 from edgecap.registry.store import DigestSource, InstalledFile, InstalledModel, Store, utc_now
+
+logger = logging.getLogger(__name__)
 
 LOCAL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 UNKNOWN_LICENCE = Licence(name="unknown (registered local files)")
@@ -69,6 +73,10 @@ def pull_model(
     current = store.load(known.id)
     if variant is None and current is not None and current.variant in known.variants:
         variant = current.variant  # pulling again repairs the installed variant
+    if variant is None:
+        variant, note = known.variant_for(recommend().mmproj_type)
+        if note:
+            logger.warning(note)
     variant_name, chosen = known.variant(variant)
     fetched = {
         role: _fetch(store, known, chosen.file(role), current, endpoint, progress) for role in ROLES

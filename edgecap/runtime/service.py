@@ -2,9 +2,10 @@
 
 The server validates a task, loads its image and hands a :class:`CaptionJob` to
 :meth:`TaskService.submit`, which stores it durably and returns at once. A dispatcher thread
-takes queued tasks in order and runs each in the engine process (:mod:`edgecap.runtime.worker`),
-records the result in the store (:mod:`edgecap.runtime.tasks`), queues its webhook/upload deliveries
-(:mod:`edgecap.runtime.delivery`) and wakes whoever awaits :meth:`TaskService.wait`.
+takes queued tasks in order and runs each in the engine process (:mod:`edgecap.runtime.worker`);
+``settings.parallel`` dispatchers run at once, and the engine decodes their tasks in one batch.
+It records the result in the store (:mod:`edgecap.runtime.tasks`), queues its webhook/upload
+deliveries (:mod:`edgecap.runtime.delivery`) and wakes whoever awaits :meth:`TaskService.wait`.
 
 A task runs at most :data:`MAX_ATTEMPTS` times: a crash of the engine process, or of the whole
 server, during a task uses one attempt (attempts are stored, so they count across restarts);
@@ -97,7 +98,7 @@ class TaskService:
         self._submit_lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._next_purge = 0.0
 
     @property
@@ -113,10 +114,12 @@ class TaskService:
             logger.info("Requeued %d task(s) left unfinished by the previous run", requeued)
         self._worker.start()
         self._deliverer.start()
-        self._thread = threading.Thread(
-            target=self._dispatch_loop, name="edgecap-dispatch", daemon=True
-        )
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._dispatch_loop, name=f"edgecap-dispatch-{i}", daemon=True)
+            for i in range(self.settings.parallel)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
         """Stop everything. A task in flight is interrupted and runs again after a restart;
@@ -124,8 +127,8 @@ class TaskService:
         self._stopping.set()
         self._wake.set()
         self._worker.stop()
-        if self._thread is not None:
-            self._thread.join()
+        for thread in self._threads:
+            thread.join()
         self._deliverer.stop()
         self.store.close()
 
@@ -215,7 +218,7 @@ class TaskService:
         return self.store.get(task_uuid, with_task=with_task)
 
     def queue_depth(self) -> int:
-        """Tasks waiting for the worker (not counting the one it is running)."""
+        """Tasks waiting for the worker (not counting the ones it is running)."""
         return self.store.count("queued")
 
     def purge_expired(self) -> int:
@@ -249,6 +252,7 @@ class TaskService:
                     self._wake.wait(PURGE_INTERVAL_S)
                     self._wake.clear()
                     continue
+                self._wake.set()  # another dispatcher may take the next task meanwhile
                 self._run_or_fail(claimed)
             except Exception:  # keep serving; the task stays in the store
                 logger.exception("The task dispatcher failed; retrying in a second")
@@ -374,7 +378,8 @@ class TaskService:
 
     def retry_after(self, waiting: int) -> int:
         """Seconds until a queue slot is likely free: the tasks ahead at the recent pace."""
-        return max(1, math.ceil((waiting + 1) * self._metrics.typical_run_seconds()))
+        per_task = self._metrics.typical_run_seconds() / self.settings.parallel
+        return max(1, math.ceil((waiting + 1) * per_task))
 
 
 def _client_uuid(job: CaptionJob) -> str:

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 from edgecap.config import Settings
 from edgecap.errors import DownloadFailed, EdgecapError, InvalidParameter
 from edgecap.inputs import images, netguard
-from edgecap.records import CaptionRequest, LoadedImage, Sampling
+from edgecap.records import CaptionRequest, LoadedImage
 from edgecap.registry import Registry
 from edgecap.runtime.service import CaptionJob
 from edgecap.server.schema import CaptionTask
@@ -120,10 +120,8 @@ def make_jobs(
         load_task_image(source, parameter, task, inputs, owner)
         for source, parameter in zip(task.image_sources(), image_parameters(task), strict=True)
     ]
-    sampling = Sampling(
-        temperature=task.temperature if task.temperature is not None else 0.0,
-        seed=task.seed if task.seed is not None else 0,
-        max_tokens=task.max_tokens or settings.max_tokens,
+    sampling = settings.sampling_for(
+        temperature=task.temperature, seed=task.seed, max_tokens=task.max_tokens
     )
     json_schema = task.json_schema
     if json_schema is None and task.response_format == "json":

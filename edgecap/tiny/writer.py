@@ -13,7 +13,6 @@ The same seed gives byte-identical files. Tensors are written one at a time
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 from safetensors.numpy import save_file
 from tqdm import tqdm
 
+from edgecap import fsutil
 from edgecap.errors import InvalidParameter
 from edgecap.tiny.presets import (
     GENERATION_CONFIG,
@@ -102,7 +102,7 @@ def prepare_outdir(outdir: Path, force: bool) -> Path:
             "(force=True) to replace the checkpoint files in it.",
             parameter="outdir",
         )
-    staging = outdir.parent / f".{outdir.name}.partial"
+    staging = fsutil.partial_path(outdir)
     shutil.rmtree(staging, ignore_errors=True)  # left over from an interrupted run
     staging.mkdir(parents=True)
     return staging
@@ -116,7 +116,7 @@ def publish(staging: Path, outdir: Path) -> None:
         if OUTPUT_FILES.fullmatch(old.name):
             old.unlink()
     for new in sorted(staging.iterdir()):
-        os.replace(new, outdir / new.name)
+        fsutil.publish(new, outdir / new.name)
     staging.rmdir()
 
 

@@ -1,15 +1,13 @@
-"""Helpers for the API tests: a real uvicorn server on a loopback port, test images, an image
-host, and a model registry whose tiny model also answers to the 7B's Runware names.
+"""The API under test: the real app and TaskService served by uvicorn on a loopback port, and a
+model registry whose tiny model also answers to the 7B's Runware names.
 
-The server runs the real app with the real TaskService; the engine behind it is either the
-scripted fake from test_worker (fast) or the real tiny model (proof tests).
+The engine behind the server is either ``tests.support.engines.ScriptedEngineFactory`` (fast)
+or the real tiny model (proof tests).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
 import json
 import re
 import threading
@@ -17,15 +15,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import uvicorn
 import websockets
-from PIL import Image
 
 from edgecap.config import Settings
 from edgecap.records import ModelFiles
@@ -34,11 +29,13 @@ from edgecap.runtime.service import TaskService
 from edgecap.runtime.worker import EngineFactory
 from edgecap.server import create_app
 from edgecap.server.app import uvicorn_options
+from tests.support.waiting import wait_until
 
 TINY_ID = "edgecap-tiny-random"
 SEVEN_B_NAMES = ("runware:152@2", "alibaba-qwen2-5-vl-7b-instruct")
 START_TIMEOUT_S = 60.0
 READY_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 30.0
 UUID_V4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 
 
@@ -105,16 +102,17 @@ class LiveServer:
 
     def start(self) -> LiveServer:
         self.thread.start()
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not self.server.started:
-            assert self.thread.is_alive(), "uvicorn stopped while starting"
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.02)
+        wait_until(self._started, "uvicorn to start", START_TIMEOUT_S)
         return self
+
+    def _started(self) -> bool:
+        assert self.thread.is_alive(), "uvicorn stopped while starting"
+        return bool(self.server.started)
 
     def stop(self) -> None:
         self.server.should_exit = True
-        self.thread.join(30)
+        self.thread.join(STOP_TIMEOUT_S)
+        assert not self.thread.is_alive(), "uvicorn did not stop"
 
     @property
     def port(self) -> int:
@@ -129,10 +127,7 @@ class LiveServer:
         return f"ws://127.0.0.1:{self.port}/v1"
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while not self.service.ready:
-            assert time.monotonic() < deadline, "the model never loaded"
-            time.sleep(0.05)
+        wait_until(lambda: self.service.ready, "the model to load", READY_TIMEOUT_S, 0.05)
 
 
 @contextmanager
@@ -174,66 +169,3 @@ def ws_exchange(url: str, messages: list[Any], replies: int, timeout: float = 60
 
 def new_uuid() -> str:
     return str(uuid.uuid4())
-
-
-# ---------------------------------------------------------------------------- images
-
-
-def png_bytes(
-    width: int = 64, height: int = 48, color: tuple[int, int, int] = (200, 30, 30)
-) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, height), color).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def jpeg_bytes(width: int, height: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, height), (10, 120, 200)).save(buffer, "JPEG", quality=80)
-    return buffer.getvalue()
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def data_uri(data: bytes, mime: str = "image/png") -> str:
-    return f"data:{mime};base64,{b64(data)}"
-
-
-@dataclass
-class ImageHost:
-    """A local http.server that serves fixed bytes at every path; counts the requests."""
-
-    server: ThreadingHTTPServer
-    requests: list[str]
-
-    def url(self, path: str = "/picture.png") -> str:
-        return f"http://127.0.0.1:{self.server.server_port}{path}"
-
-
-@contextmanager
-def image_host(body: bytes, content_type: str = "image/png") -> Iterator[ImageHost]:
-    requests: list[str] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            requests.append(self.path)
-            self.send_response(200)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        yield ImageHost(server, requests)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
