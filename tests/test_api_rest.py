@@ -346,7 +346,7 @@ def test_health_readiness_metrics_and_docs(server: LiveServer) -> None:
 @pytest.fixture
 def slow_server(tmp_path: Path) -> Iterator[LiveServer]:
     """One task at a time, a queue of one, and sync waits of half a second."""
-    settings = api_settings(tmp_path / "home", queue_size=1, sync_timeout_s=0.5)
+    settings = api_settings(tmp_path / "home", queue_size=1, sync_timeout_s=0.5, parallel=1)
     factory = ScriptedEngineFactory(tmp_path / "calls.log")
     with live_server(settings, factory, install_model(settings)) as server:
         server.wait_ready()
