@@ -17,8 +17,9 @@ from starlette.concurrency import run_in_threadpool
 from edgecap.errors import BadRequestBody, EdgecapError, InvalidParameter, UnknownModel
 from edgecap.records import CaptionResult
 from edgecap.server.auth import bearer_key
-from edgecap.server.body import THREADPOOL_JSON_BYTES, decode_json, read_body
+from edgecap.server.body import THREADPOOL_JSON_BYTES, read_body
 from edgecap.server.handlers import Context
+from edgecap.server.limits import decode_json
 from edgecap.server.openai.convert import make_job
 from edgecap.server.openai.replies import Completion, error_response, sse_events
 from edgecap.server.openai.schema import ChatCompletionRequest, parse_request, request_schema
