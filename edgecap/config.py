@@ -223,7 +223,7 @@ def default_of(name: str) -> Any:
 # The configuration file of the Settings being built (a context variable, so that Settings
 # stays a plain picklable class; set only inside load_settings).
 _CONFIG_FILE: ContextVar[Path | None] = ContextVar("edgecap_config_file", default=None)
-SECRET_FIELDS = frozenset({"api_keys"})
+SECRET_FIELDS = frozenset({"api_keys", "webhook_secret"})
 CONFIG_ENV = "EDGECAP_CONFIG"
 
 
@@ -270,7 +270,7 @@ def explain_settings(config: Path | None = None, **overrides: Any) -> list[Expla
     for name in Settings.model_fields:
         value = getattr(settings, name)
         if name in SECRET_FIELDS and value:
-            value = ["****"] * len(value)
+            value = ["****"] * len(value) if isinstance(value, list) else "****"
         out.append(Explained(name, value, origins.get(name, "default")))
     return out
 
