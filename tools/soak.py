@@ -5,8 +5,9 @@ request latency every few seconds; draw the curves to a PNG (matplotlib: ``pip i
 
     python -m tools.soak --minutes 30 --out docs/soak.png
 
-Not part of CI. The tiny model is built in a temporary directory first (tools/make_tiny_model,
-tools/convert), so this needs the ``tools`` extra like the test suite.
+Not part of CI. The tiny model is built in a temporary directory first (edgecap.tiny,
+edgecap.convert); the server runs through the test suite's ServerProcess helper, so run it
+from the checkout.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -24,13 +24,10 @@ from typing import Any
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from server_process import ServerProcess, register
-
+from edgecap.convert import convert
 from edgecap.records import ModelFiles
-from tools.convert import convert
-from tools.make_tiny_model import make_checkpoint
+from edgecap.tiny import make_checkpoint
+from tests.support.server_process import ServerProcess, register
 
 SAMPLE_EVERY_S = 5.0
 CLIENTS = 16  # concurrent clients, each sending one request after another
