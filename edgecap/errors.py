@@ -213,6 +213,12 @@ class TimeoutProvider(EdgecapError):
     code = "timeoutProvider"
 
 
+class BodyTimeout(EdgecapError):
+    """The client did not send its body in time (a slow or stalled upload): 408, not 504."""
+
+    code, status = "timeoutProvider", 408
+
+
 class BadRequestBody(InvalidParameter):
     """The body is not JSON, or not a task array."""
 

@@ -13,18 +13,12 @@ from typing import Any
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-from edgecap.errors import EdgecapError, PayloadTooLarge
+from edgecap.errors import BodyTimeout, PayloadTooLarge
 from edgecap.server.limits import MAX_TASKS_PER_REQUEST, decode_tasks
 
 THREADPOOL_JSON_BYTES = 256 * 1024  # parse larger bodies off the event loop
 
-__all__ = ["MAX_TASKS_PER_REQUEST", "BodyTimeout", "parse_body", "read_body", "too_large"]
-
-
-class BodyTimeout(EdgecapError):
-    """The client did not send its body in time (a slow or stalled upload)."""
-
-    code, status = "timeoutProvider", 408
+__all__ = ["MAX_TASKS_PER_REQUEST", "parse_body", "read_body", "too_large"]
 
 
 def too_large(limit: int) -> PayloadTooLarge:
