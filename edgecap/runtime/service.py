@@ -36,7 +36,6 @@ from edgecap.errors import (
     InsufficientStorage,
     NotFound,
     RateLimited,
-    TaskCancelled,
     TaskConflict,
     TaskExpired,
     TimeoutProvider,
@@ -51,10 +50,17 @@ from edgecap.protocol import (
 )
 from edgecap.records import CaptionResult, TokenPiece
 from edgecap.runtime.delivery import Deliverer, outgoing_for
-from edgecap.runtime.listeners import Listener, Listeners
+from edgecap.runtime.failures import (
+    cancelled,
+    client_uuid,
+    gave_up,
+    interrupted,
+    storage_error,
+)
+from edgecap.runtime.listeners import Listener, Listeners, Waiters
 from edgecap.runtime.messages import EngineInfo, WorkItem
 from edgecap.runtime.stats import ServiceStats
-from edgecap.runtime.storage import Reserve, is_disk_full
+from edgecap.runtime.storage import Reserve
 from edgecap.runtime.tasks import (
     CaptionJob,
     ClaimedTask,
@@ -98,7 +104,7 @@ class TaskService:
         )
         self._deliverer = Deliverer(self.store, settings)
         self._reserve = Reserve(settings.home)
-        self._waiters = _Waiters()
+        self._waiters = Waiters()
         self._listeners = Listeners()
         self._metrics = ServiceStats()
         self._submit_lock = threading.Lock()
@@ -171,7 +177,7 @@ class TaskService:
                 try:
                     added = self.store.add_all(new)
                 except sqlite3.OperationalError as exc:
-                    raise _storage_error(exc) from exc
+                    raise storage_error(exc) from exc
                 known.update((r.task_uuid, r) for r in added)
         self._wake.set()
         return [known[job.task_uuid] for job in jobs]
@@ -276,7 +282,7 @@ class TaskService:
         """
         job = self.store.withdraw(task_uuid)
         if job is not None:
-            self._finish_error(job, _cancelled(job, 0))
+            self._finish_error(job, cancelled(job, 0))
             return True
         try:
             running = self.store.get(task_uuid).status == "processing"
@@ -353,7 +359,7 @@ class TaskService:
     def _run(self, claimed: ClaimedTask) -> None:
         job = claimed.job
         if claimed.attempts > MAX_ATTEMPTS:  # the server stopped during every earlier attempt
-            self._finish_error(job, _interrupted(claimed.attempts - 1))
+            self._finish_error(job, interrupted(claimed.attempts - 1))
             return
         started = time.perf_counter()
         stream = self._listeners.wants_pieces(job.task_uuid)
@@ -372,13 +378,13 @@ class TaskService:
                 logger.warning("Task %s: %s Retrying it.", job.task_uuid, exc.message)
                 self.store.release(job.task_uuid, refund_attempt=False)
                 return
-            self._finish_error(job, _gave_up(claimed.attempts, exc))
+            self._finish_error(job, gave_up(claimed.attempts, exc))
             return
         except EdgecapError as exc:
             self._finish_error(job, exc)
             return
         if result.finish_reason == "cancelled":
-            self._finish_error(job, _cancelled(job, result.generated_tokens))
+            self._finish_error(job, cancelled(job, result.generated_tokens))
             return
         self._metrics.record(result, claimed.queued_seconds, time.perf_counter() - started)
         self._finish_success(job, result)
@@ -386,7 +392,7 @@ class TaskService:
     def _finish_success(self, job: CaptionJob, result: CaptionResult) -> None:
         item = result_item(
             result,
-            _client_uuid(job),
+            client_uuid(job),
             include_cost=job.include_cost,
             cost_per_second=self.settings.cost_per_second,
         )
@@ -394,7 +400,7 @@ class TaskService:
         self._finish(job, response, result=item, error=None, text=result.text, outcome=result)
 
     def _finish_error(self, job: CaptionJob, exc: EdgecapError) -> None:
-        error = error_object(exc, task_type=RESULT_TASK_TYPE, task_uuid=_client_uuid(job))
+        error = error_object(exc, task_type=RESULT_TASK_TYPE, task_uuid=client_uuid(job))
         self._finish(job, error_envelope(error), result=None, error=error, text=None, outcome=exc)
 
     def _finish(
@@ -427,17 +433,17 @@ class TaskService:
                 if attempt + 1 < FINISH_RETRIES:
                     self._stopping.wait(FINISH_RETRY_DELAY_S * (attempt + 1))
         else:
-            self._finish_storage_error(job, ttl_s)
+            self._finishstorage_error(job, ttl_s)
         self._deliverer.wake()
         self._waiters.notify(job.task_uuid)
         self._listeners.finished(job.task_uuid, outcome)  # after the record is final
 
-    def _finish_storage_error(self, job: CaptionJob, ttl_s: int) -> None:
+    def _finishstorage_error(self, job: CaptionJob, ttl_s: int) -> None:
         exc = InsufficientStorage(
             "The server's disk is full: the result of this task could not be saved. Free "
             "space on the server (EDGECAP_HOME), then send the task again under a new taskUUID."
         )
-        error = error_object(exc, task_type=RESULT_TASK_TYPE, task_uuid=_client_uuid(job))
+        error = error_object(exc, task_type=RESULT_TASK_TYPE, task_uuid=client_uuid(job))
         for _ in range(2):  # as is; then again with the reserve's space given back
             try:
                 self.store.finish(
@@ -463,73 +469,3 @@ class TaskService:
         """Seconds until a queue slot is likely free: the tasks ahead at the recent pace."""
         per_task = self._metrics.typical_run_seconds() / self.settings.parallel
         return max(1, math.ceil((waiting + 1) * per_task))
-
-
-def _client_uuid(job: CaptionJob) -> str:
-    """The taskUUID the client sent. Results carry it, not ``job.task_uuid``: the jobs of a
-    multi-image task are stored under UUIDs derived from it, which the client never saw."""
-    sent = job.original_task.get("taskUUID")
-    return sent if isinstance(sent, str) and sent else job.task_uuid
-
-
-def _cancelled(job: CaptionJob, generated: int) -> TaskCancelled:
-    return TaskCancelled(
-        f"The task {_client_uuid(job)} was cancelled by its client after {generated} generated "
-        "token(s). Send it again under a new taskUUID to caption the image.",
-        parameter="taskUUID",
-        generatedTokens=generated,
-    )
-
-
-def _storage_error(exc: sqlite3.OperationalError) -> EdgecapError:
-    if is_disk_full(exc):
-        return InsufficientStorage(
-            "The server's disk is full: the task could not be stored. Try again later; the "
-            "operator must free space (EDGECAP_HOME)."
-        )
-    return InferenceError(f"The task store failed ({exc}). Try again.")
-
-
-def _interrupted(attempts: int) -> InferenceError:
-    return InferenceError(
-        f"The server stopped during each of the {attempts} attempts at this task (it was "
-        "killed or lost power); it will not be tried again. Send it again under a new "
-        "taskUUID; if it keeps happening, try a smaller maxPixels or maxTokens."
-    )
-
-
-def _gave_up(attempts: int, crash: WorkerCrashed) -> InferenceError:
-    return InferenceError(
-        f"{crash.message} The task was tried {attempts} times and the model process stopped "
-        "each time; it will not be retried. The image or prompt may trigger a fault in "
-        "llama.cpp or exhaust memory: try a smaller maxPixels or a shorter maxTokens."
-    )
-
-
-class _Waiters:
-    """The asyncio events of coroutines awaiting a task, set from the dispatcher thread."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._events: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
-
-    def add(self, task_uuid: str) -> asyncio.Event:
-        event = asyncio.Event()
-        with self._lock:
-            self._events.setdefault(task_uuid, []).append((asyncio.get_running_loop(), event))
-        return event
-
-    def remove(self, task_uuid: str, event: asyncio.Event) -> None:
-        with self._lock:
-            left = [entry for entry in self._events.get(task_uuid, []) if entry[1] is not event]
-            if left:
-                self._events[task_uuid] = left
-            else:
-                self._events.pop(task_uuid, None)
-
-    def notify(self, task_uuid: str) -> None:
-        with self._lock:
-            entries = list(self._events.get(task_uuid, []))
-        for loop, event in entries:
-            with contextlib.suppress(RuntimeError):  # that loop has closed meanwhile
-                loop.call_soon_threadsafe(event.set)
