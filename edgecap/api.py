@@ -270,9 +270,8 @@ def make_settings(base: Settings | None, overrides: Mapping[str, Any]) -> Settin
     """``base`` (default: from the ``EDGECAP_*`` environment) with ``overrides``, validated."""
     if base is not None and not overrides:
         return base
+    base = base if base is not None else load_settings()
     try:
-        if base is None:
-            return load_settings(**overrides)
         return Settings.model_validate({**base.model_dump(), **overrides})
     except ValidationError as exc:
         raise _invalid(exc, what="setting") from None

@@ -65,6 +65,7 @@ def default_home() -> Path:
 class Settings(BaseSettings):
     """Runtime settings. Construct with keyword overrides (from CLI flags) or via load_settings."""
 
+    # env_ignore_empty: an empty EDGECAP_HOME= (or any empty variable) means unset, as XDG does.
     model_config = SettingsConfigDict(
         env_prefix="EDGECAP_", extra="forbid", frozen=True, env_ignore_empty=True
     )
@@ -75,7 +76,13 @@ class Settings(BaseSettings):
     # Images
     max_image_bytes: int = Field(32 * 1024 * 1024, gt=0, description="Largest encoded image")
     max_image_megapixels: float = Field(
-        64.0, gt=0, description="Largest decoded image, checked from the header before decoding"
+        24.0,
+        gt=0,
+        description="Largest decoded image (after JPEG draft scaling), checked from the header "
+        "before decoding. The model's ceiling is ~3.2 MP; 24 MP covers camera photos",
+    )
+    decode_megapixels_in_flight: float = Field(
+        64.0, gt=0, description="Pixels being decoded at once, over all requests"
     )
     min_pixels: int = Field(DEFAULT_MIN_PIXELS, ge=PIXELS_PER_TOKEN)
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=PIXELS_PER_TOKEN)
@@ -86,8 +93,17 @@ class Settings(BaseSettings):
     fetch_max_redirects: int = Field(3, ge=0, le=20)
     url_allowlist: list[str] = Field(
         default_factory=list,
-        description="Hosts or CIDR ranges allowed even if private/link-local (e.g. 127.0.0.1)",
+        description="Image URLs: hosts or CIDR ranges allowed even if private/link-local",
     )
+    delivery_allowlist: list[str] = Field(
+        default_factory=list,
+        description="webhookURL/uploadEndpoint: hosts or CIDR ranges allowed even if private",
+    )
+    max_concurrent_fetches: int = Field(8, ge=1, description="URL fetches in flight, all kinds")
+    webhook_secret: str | None = Field(
+        None, repr=False, description="Sign webhook bodies: X-Edgecap-Signature: sha256=<hmac>"
+    )
+    delivery_per_destination: int = Field(2, ge=1, description="Deliveries in flight per host")
 
     # Engine
     model: str | None = Field(None, description="Default model: registry name, alias or path")
@@ -105,6 +121,9 @@ class Settings(BaseSettings):
     system_prompt: str | None = None
     default_prompt: str = DEFAULT_PROMPT
     max_tokens: int = Field(256, ge=1, le=MAX_TOKENS_LIMIT)
+    task_timeout_s: float = Field(
+        600.0, gt=0, description="Wall-clock limit of one caption in the engine process"
+    )
     parallel: int = Field(
         4,
         ge=1,
@@ -125,6 +144,21 @@ class Settings(BaseSettings):
     upload_retention_days: int = Field(30, ge=1)
     cost_per_second: float = Field(0.0002, ge=0, description="USD per compute second")
     webhook_retries: int = Field(5, ge=0, le=20)
+    # Who may talk to the server (server/guards.py) and how much each client may hold.
+    allowed_hosts: list[str] = Field(
+        default_factory=list, description="Host names (besides localhost and IPs) it answers to"
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list, description="Browser origins (besides its own) allowed to call it"
+    )
+    metrics_public: bool = Field(False, description="/metrics without a key even with keys set")
+    max_connections: int = Field(1024, ge=1, description="uvicorn limit_concurrency")
+    body_timeout_s: float = Field(60.0, gt=0, description="Deadline to receive a request body")
+    ws_auth_timeout_s: float = Field(10.0, gt=0, description="Close unauthenticated idle sockets")
+    ws_sessions_per_key: int = Field(32, ge=1)
+    ws_tasks_per_connection: int = Field(64, ge=1)
+    upload_quota_bytes_per_key: int = Field(1 << 30, gt=0, description="Stored uploads per key")
+    upload_quota_bytes_total: int = Field(8 << 30, gt=0, description="Stored uploads, all keys")
 
     # The web page at GET / (docs/web.md)
     kiosk: bool = Field(False, description="Serve the single-purpose, full-screen kiosk page")
@@ -189,7 +223,7 @@ def default_of(name: str) -> Any:
 # The configuration file of the Settings being built (a context variable, so that Settings
 # stays a plain picklable class; set only inside load_settings).
 _CONFIG_FILE: ContextVar[Path | None] = ContextVar("edgecap_config_file", default=None)
-SECRET_FIELDS = frozenset({"api_keys"})
+SECRET_FIELDS = frozenset({"api_keys", "webhook_secret"})
 CONFIG_ENV = "EDGECAP_CONFIG"
 
 
@@ -236,7 +270,7 @@ def explain_settings(config: Path | None = None, **overrides: Any) -> list[Expla
     for name in Settings.model_fields:
         value = getattr(settings, name)
         if name in SECRET_FIELDS and value:
-            value = ["****"] * len(value)
+            value = ["****"] * len(value) if isinstance(value, list) else "****"
         out.append(Explained(name, value, origins.get(name, "default")))
     return out
 

@@ -40,6 +40,7 @@ CODES: dict[str, int] = {
     "uploadFailed": 502,
     "modelNotReady": 503,
     "timeoutProvider": 504,
+    "insufficientStorage": 507,
 }
 UNKNOWN_CODE_STATUS = 400  # an error object with a code this table lacks: a client mistake
 
@@ -180,6 +181,12 @@ class MissingApiKey(AuthError):
     code = "missingApiKey"
 
 
+class InsufficientStorage(EdgecapError):
+    """The server's disk is full."""
+
+    code, status = "insufficientStorage", 507
+
+
 class RateLimited(EdgecapError):
     code = "rateLimitExceeded"
 
@@ -206,12 +213,24 @@ class TimeoutProvider(EdgecapError):
     code = "timeoutProvider"
 
 
+class BodyTimeout(EdgecapError):
+    """The client did not send its body in time (a slow or stalled upload): 408, not 504."""
+
+    code, status = "timeoutProvider", 408
+
+
 class BadRequestBody(InvalidParameter):
     """The body is not JSON, or not a task array."""
 
 
 class WorkerCrashed(InferenceError):
     """The engine process died while it was working on a task."""
+
+
+class WorkerTimedOut(EdgecapError):
+    """A task ran past ``task_timeout_s``; its engine process was killed and restarted."""
+
+    code = "timeoutProvider"
 
 
 class WorkerStopped(ModelNotReady):

@@ -72,7 +72,8 @@ CASES: dict[str, Case] = {
     "not UTF-8": Case(b"\xff\xfe[]", 400, "invalidParameter", "body"),
     "empty body": Case(b"", 400, "invalidParameter", "body"),
     "NaN is not JSON": Case(b'[{"taskType": "ping", "x": NaN}]', 400, "invalidParameter", "body"),
-    "nested too deep": Case(b"[" * 100_000, 400, "invalidParameter", "body"),
+    "nested too deep": Case(b"[" * 100_000, 413, "invalidParameter", "body"),  # containers
+    "nested past 512 levels": Case(b"[" * 600 + b"]" * 600, 400, "invalidParameter"),
     "a JSON string": Case(b'"caption"', 400, "invalidParameter", "body"),
     "a JSON number": Case(b"42", 400, "invalidParameter", "body"),
     "null": Case(b"null", 400, "invalidParameter", "body"),
@@ -278,7 +279,7 @@ CASES: dict[str, Case] = {
     ),
     "ping not a boolean": Case({"taskType": "ping", "ping": "yes"}, 400, "invalidParameter"),
     # -- keys
-    "no API key": Case(caption(), 401, "missingApiKey", "apiKey", headers={}),
+    "no API key": Case(caption(), 401, "missingApiKey", "apiKey", headers={}, names_tasks=False),
     "a wrong API key": Case(
         caption(),
         401,
@@ -301,9 +302,15 @@ CASES: dict[str, Case] = {
         "invalidApiKey",
         "apiKey",
         headers={},
+        names_tasks=False,  # refused from the body's first element, before the rest is read
     ),
     "apiKey not a string": Case(
-        [{"taskType": "authentication", "apiKey": 1}, caption()], 401, "invalidApiKey", "apiKey"
+        [{"taskType": "authentication", "apiKey": 1}, caption()],
+        401,
+        "invalidApiKey",
+        "apiKey",
+        headers={},
+        names_tasks=False,
     ),
 }
 
@@ -368,7 +375,8 @@ def test_an_oversize_chunked_body_is_refused_while_reading(server: LiveServer) -
         for _ in range(BODY_LIMIT // 1024 + 2):
             yield b" " * 1024
 
-    answer = httpx.post(server.url, content=chunks(), headers=AUTH, timeout=30)
+    headers = {**AUTH, "Content-Type": "application/json"}
+    answer = httpx.post(server.url, content=chunks(), headers=headers, timeout=30)
     assert (answer.status_code, answer.json()["errors"][0]["code"]) == (413, "invalidParameter")
     good_request_works(server)
 

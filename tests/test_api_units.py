@@ -3,6 +3,7 @@ retention, job UUIDs and fingerprints, and `edgecap serve` argument handling."""
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -120,14 +121,18 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(home=tmp_path, upload_retention_days=2)
 
 
-def test_uploads_keep_small_images_byte_for_byte(settings: Settings) -> None:
+def test_uploads_are_re_encoded_the_same_way_every_time(settings: Settings) -> None:
+    """Stored re-encoded (issue 9, finding 7), deterministically: the same picture sent again
+    gives the same bytes, so the engine's image cache still recognises it."""
     store = UploadStore(settings)
     picture = png_bytes(40, 30)
     image_uuid = store.save(data_uri(picture))
     assert is_media_uuid(image_uuid)
-    assert store.read(image_uuid) == picture
+    stored = store.read(image_uuid)
     assert store.path(image_uuid).suffix == ".png"
-    assert store.read(store.save(b64(picture))) == picture  # plain base64 too
+    with Image.open(io.BytesIO(stored)) as again, Image.open(io.BytesIO(picture)) as sent:
+        assert again.tobytes() == sent.convert("RGB").tobytes()
+    assert store.read(store.save(b64(picture))) == stored  # plain base64 too
 
 
 def test_uploads_larger_than_2048_are_stored_downscaled(settings: Settings) -> None:

@@ -122,17 +122,19 @@ def test_config_show_prints_values_and_origins_with_secrets_masked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = write(
-        tmp_path / "c.toml", '# keys\napi_keys = ["secret-one", "secret-two"]\nport = 9001\n'
+        tmp_path / "c.toml",
+        '# keys\napi_keys = ["k3y-one", "k3y-two"]\nport = 9001\nwebhook_secret = "hm4c"\n',
     )
     monkeypatch.setenv("EDGECAP_PORT", "9002")
     monkeypatch.setenv("EDGECAP_CONFIG", str(path))
     assert main(["config", "show"]) == 0
     out = capsys.readouterr().out
-    assert "secret" not in out
+    assert "k3y" not in out and "hm4c" not in out
     lines = {line.split()[0]: line.split()[1:] for line in out.splitlines()[2:]}
     assert lines["api_keys"] == ['["****",', '"****"]', str(path), "line", "2"]
     assert lines["port"] == ["9002", "env", "EDGECAP_PORT"]
     assert lines["queue_size"] == ["64", "default"]
+    assert lines["webhook_secret"] == ['"****"', str(path), "line", "4"]
     assert set(lines) == set(Settings.model_fields)
     assert main(["config", "show", "--json", "--config", str(path)]) == 0
     shown = json.loads(capsys.readouterr().out)

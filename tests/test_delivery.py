@@ -43,7 +43,12 @@ def receiver_factory() -> Iterator[Callable[[list[int]], Receiver]]:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(home=tmp_path, url_allowlist=["127.0.0.1"], fetch_timeout_s=5.0)
+    return Settings(
+        home=tmp_path,
+        url_allowlist=["127.0.0.1"],
+        delivery_allowlist=["127.0.0.1"],
+        fetch_timeout_s=5.0,
+    )
 
 
 @pytest.fixture
@@ -115,7 +120,7 @@ def test_send_fails_on_a_non_2xx_answer_and_on_no_answer(
 def test_send_refuses_urls_outside_the_network_policy(tmp_path: Path) -> None:
     strict = Settings(home=tmp_path)  # loopback is not allowed without the allow-list
     hook = Outgoing("webhook", "http://127.0.0.1:9/hook", b"{}", "application/json")
-    with pytest.raises(DeliveryFailed, match="url_allowlist"):
+    with pytest.raises(DeliveryFailed, match="delivery_allowlist"):
         send(hook, strict)
 
 
@@ -138,7 +143,12 @@ def test_webhook_is_retried_after_a_500_and_delivered(
 def test_delivery_gives_up_after_webhook_retries(
     receiver_factory: Callable[[list[int]], Receiver], tmp_path: Path
 ) -> None:
-    settings = Settings(home=tmp_path, url_allowlist=["127.0.0.1"], webhook_retries=2)
+    settings = Settings(
+        home=tmp_path,
+        url_allowlist=["127.0.0.1"],
+        delivery_allowlist=["127.0.0.1"],
+        webhook_retries=2,
+    )
     store = TaskStore(settings.db_path)
     receiver = receiver_factory([503] * 10)
     finish_with(store, [Outgoing("webhook", receiver.url("/hook"), b"{}", "application/json")])

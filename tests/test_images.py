@@ -187,8 +187,8 @@ def png_claiming(width: int, height: int) -> bytes:
 
 
 def test_bomb_refused_from_the_header(settings: Settings) -> None:
-    # 81 MP: above our 64 MP limit, below Pillow's own warning threshold (89 MP).
-    with pytest.raises(InvalidInputImage, match=r"9000x9000 pixels \(81 MP\), above the 64 MP"):
+    # 81 MP: above our 24 MP limit, below Pillow's own warning threshold (89 MP).
+    with pytest.raises(InvalidInputImage, match=r"9000x9000 pixels \(81 MP\), above the 24 MP"):
         load_image(png_claiming(9000, 9000), settings)
 
 

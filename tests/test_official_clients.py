@@ -34,7 +34,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 
 def count_tasks(server: LiveServer, task_type: str) -> float:
     """How many tasks of a type the server has answered successfully (from /metrics)."""
-    metrics = httpx.get(server.url.removesuffix("/v1") + "/metrics").text
+    metrics = httpx.get(  # with keys configured, /metrics needs one too
+        server.url.removesuffix("/v1") + "/metrics", headers={"Authorization": f"Bearer {KEY}"}
+    ).text
     pattern = (
         rf'edgecap_api_tasks_total{{outcome="(?:success|accepted)",task_type="{task_type}"}} (\S+)'
     )

@@ -38,7 +38,12 @@ WAIT_S = 60.0
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(home=tmp_path / "home", url_allowlist=["127.0.0.1"], cost_per_second=0.001)
+    return Settings(
+        home=tmp_path / "home",
+        url_allowlist=["127.0.0.1"],
+        delivery_allowlist=["127.0.0.1"],
+        cost_per_second=0.001,
+    )
 
 
 @pytest.fixture

@@ -298,14 +298,9 @@ def _on_ray(
     renderer: Renderer,
 ) -> Summary:
     with _progress(len(items)) as bar:
-
-        def on_outcome(outcome: Outcome) -> None:
-            bar.update(1)
-            renderer.outcome(outcome)
-
         check = describe_model(model, settings)
         return caption_on_ray(
-            items, check, settings, options, run_options, cluster, on_outcome=on_outcome
+            items, check, settings, options, run_options, cluster, on_outcome=_shown(bar, renderer)
         )
 
 
@@ -320,6 +315,16 @@ def _progress(total: int) -> tqdm:
     )
 
 
+def _shown(bar: tqdm, renderer: Renderer) -> Callable[[Outcome], None]:
+    """Each outcome advances the bar and is rendered."""
+
+    def on_outcome(outcome: Outcome) -> None:
+        bar.update(1)
+        renderer.outcome(outcome)
+
+    return on_outcome
+
+
 def _caption_with_progress(
     items: list[ImageItem],
     engine: ClosableEngine,
@@ -329,11 +334,7 @@ def _caption_with_progress(
     renderer: Renderer,
 ) -> Summary:
     with _progress(len(items)) as bar:
-
-        def on_outcome(outcome: Outcome) -> None:
-            bar.update(1)
-            renderer.outcome(outcome)
-
+        on_outcome = _shown(bar, renderer)
         return caption_many(
             items,
             engine,

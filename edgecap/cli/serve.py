@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,8 @@ def add_parser(subparsers: Any) -> None:
         action="append",
         dest="api_keys",
         metavar="KEY",
-        help="accept this API key (repeatable); without keys every request is allowed",
+        help="accept this API key (repeatable; visible to other local users in the process "
+        "list: prefer --api-key-file or EDGECAP_API_KEYS); without keys every request is allowed",
     )
     parser.add_argument(
         "--api-key-file", type=Path, metavar="FILE", help="accept the keys in FILE, one per line"
@@ -118,7 +120,16 @@ def idle_seconds(text: str) -> float:
     return value
 
 
+API_KEY_FLAG_WARNING = (
+    "edgecap: warning: --api-key puts the key in the process list (/proc/<pid>/cmdline), "
+    "readable by every local user. Prefer --api-key-file FILE or the EDGECAP_API_KEYS "
+    "environment variable."
+)
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.api_keys:
+        print(API_KEY_FLAG_WARNING, file=sys.stderr, flush=True)
     settings = load_settings(
         args.config,
         host=args.host,

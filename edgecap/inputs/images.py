@@ -16,44 +16,36 @@ The image is identified by the sha256 of its encoded bytes, never by its path or
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import io
 import math
 import re
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError, features
+from PIL import Image
 
 from edgecap.config import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, PIXELS_PER_TOKEN, Settings
 from edgecap.errors import InvalidInputImage
 from edgecap.inputs import netguard
-from edgecap.inputs.base64text import decode_base64, sentence_start, too_many_bytes
+from edgecap.inputs.base64text import decode_base64, too_many_bytes
+from edgecap.inputs.decoding import (
+    BUILTIN_FORMATS,
+    EncodedImage,
+    decode_slot,
+    decoded,
+    header_pixels,
+    supported_formats,
+    to_rgb,
+)
 from edgecap.records import LoadedImage
 
 FACTOR = 28  # patch size 14 x spatial merge 2: the side of one image token
 MAX_ASPECT_RATIO = 200  # the reference processor refuses anything longer and thinner
 
-# Formats Pillow decodes itself. Everything else Pillow could open (EPS calls Ghostscript,
-# PSD, ICO, ...) is refused: less attack surface, and none of it is a photo format.
-BUILTIN_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
-
 ImageSource = str | bytes | Path
 BASE64_TEXT = "the base64 text (no file of that name exists)"
-
-
-@dataclass(frozen=True)
-class EncodedImage:
-    """The bytes of an image as received, and how messages should name where they came from."""
-
-    data: bytes
-    described: str  # e.g. "the file 'cat.jpg'", "the data URI"
 
 
 def load_image(
@@ -73,17 +65,20 @@ def load_image(
     started = time.perf_counter()
     low, high = pixel_budget(settings, min_pixels=min_pixels, max_pixels=max_pixels)
     encoded = read_source(source, settings, stdin=stdin)
-    image, source_format = decode_image(encoded, settings)
-    height, width = smart_resize(image.height, image.width, min_pixels=low, max_pixels=high)
-    resized = image.resize((width, height), Image.Resampling.BICUBIC)
+    with decoded(encoded, settings, target_pixels=high) as picture:
+        original_width, original_height = picture.original_size
+        height, width = smart_resize(
+            original_height, original_width, min_pixels=low, max_pixels=high
+        )
+        resized = picture.image.resize((width, height), Image.Resampling.BICUBIC)
     return LoadedImage(
         rgb=resized.tobytes(),
         width=width,
         height=height,
-        original_width=image.width,
-        original_height=image.height,
+        original_width=original_width,
+        original_height=original_height,
         sha256=hashlib.sha256(encoded.data).hexdigest(),
-        source_format=source_format,
+        source_format=picture.source_format,
         load_seconds=time.perf_counter() - started,
     )
 
@@ -238,146 +233,25 @@ def _short(text: str) -> str:
 
 
 def decode_image(encoded: EncodedImage, settings: Settings) -> tuple[Image.Image, str]:
-    """Decode the first frame as an upright RGB image; also return the format name.
+    """Decode the first frame as an upright RGB image at full size; also the format name.
 
-    The header's dimensions are checked against ``settings.max_image_megapixels`` before any
-    pixel is decoded. Every decoding failure becomes :class:`InvalidInputImage`.
+    For callers that need the whole picture; :func:`load_image` decodes within its budget.
+    Raises :class:`InvalidInputImage`.
     """
-    what = encoded.described
-    if not encoded.data:
-        raise InvalidInputImage(f"{sentence_start(what)} is empty (0 bytes).")
-    image = _open_lazily(encoded)
-    width, height = image.size
-    limit = settings.max_image_megapixels
-    if width * height > limit * 1_000_000:
-        raise InvalidInputImage(
-            f"{sentence_start(what)} is {width}x{height} pixels ({width * height / 1e6:.0f} MP), "
-            f"above the {limit:g} MP limit (max_image_megapixels / "
-            "EDGECAP_MAX_IMAGE_MEGAPIXELS). Downscale it first."
-        )
-    source_format = image.format or ""
-    try:
-        image.load()
-        return to_rgb(ImageOps.exif_transpose(image)), source_format
-    # Pillow's decoders raise many exception types on malformed input (OSError, SyntaxError,
-    # struct.error, IndexError, ...); none of them may reach the user as a traceback.
-    except Exception as exc:
-        raise InvalidInputImage(
-            f"{sentence_start(what)} is truncated or corrupt ({source_format}: {exc}). "
-            "Re-export or re-download the image."
-        ) from exc
+    with decoded(encoded, settings) as picture:
+        return picture.image, picture.source_format
 
 
-def _open_lazily(encoded: EncodedImage) -> Image.Image:
-    """``Image.open``: reads the header only; refuses formats outside our list."""
-    what = encoded.described
-    try:
-        return Image.open(io.BytesIO(encoded.data), formats=supported_formats())
-    except Image.DecompressionBombError as exc:
-        raise InvalidInputImage(
-            f"{sentence_start(what)} is too large to decode safely ({exc}). Downscale it first."
-        ) from exc
-    except UnidentifiedImageError as exc:
-        raise InvalidInputImage(
-            _missing_plugin_hint(encoded.data, what)
-            or f"{sentence_start(what)} is not an image in a supported format "
-            f"({', '.join(supported_formats())})."
-        ) from exc
-    except Exception as exc:  # a recognised header that fails to parse: see decode_image
-        raise InvalidInputImage(f"{sentence_start(what)} has a corrupt header ({exc}).") from exc
-
-
-@functools.cache
-def supported_formats() -> tuple[str, ...]:
-    """Pillow format names we decode: the built-in list, plus HEIF/AVIF when available.
-
-    Registers the optional ``pillow-heif`` / ``pillow-avif-plugin`` openers on first call.
-    """
-    formats = list(BUILTIN_FORMATS)
-    try:
-        import pillow_heif  # type: ignore[import-not-found]
-    except ImportError:
-        pass
-    else:
-        pillow_heif.register_heif_opener()
-        formats.append("HEIF")
-    if features.check("avif"):  # recent Pillow wheels decode AVIF themselves
-        formats.append("AVIF")
-    else:
-        try:
-            import pillow_avif  # type: ignore[import-not-found]  # noqa: F401  (registers itself)
-        except ImportError:
-            pass
-        else:
-            formats.append("AVIF")
-    return tuple(formats)
-
-
-# ISO-BMFF brands (the "ftyp" box) -> (what to call the file, the edgecap extra decoding it).
-# The extras are named after the Pillow format they add ("heif" -> "HEIF").
-FTYP_BRANDS = {
-    b"avif": ("AVIF", "avif"),
-    b"avis": ("AVIF", "avif"),
-    **{brand: ("HEIC", "heif") for brand in (b"heic", b"heix", b"heim", b"heis", b"hevc")},
-    **{brand: ("HEIF", "heif") for brand in (b"mif1", b"msf1")},
-}
-
-
-def _missing_plugin_hint(data: bytes, described: str) -> str | None:
-    """If ``data`` is a HEIC/AVIF file we cannot decode, the message saying what to install."""
-    if data[4:8] != b"ftyp":
-        return None
-    box_size = int.from_bytes(data[0:4], "big")
-    brands = [data[8:12]] + [data[i : i + 4] for i in range(16, min(box_size, 64), 4)]
-    known = [FTYP_BRANDS[b] for b in brands if b in FTYP_BRANDS]
-    if not known:
-        return None
-    # AVIF files also carry the generic HEIF brand "mif1": prefer the specific one.
-    kind, extra = next((k for k in known if k[0] == "AVIF"), known[0])
-    if extra.upper() in supported_formats():  # decodable, so something else is wrong
-        return None
-    return (
-        f"{sentence_start(described)} is a {kind} image, which needs an optional decoder: "
-        f"pip install 'edgecap[{extra}]'."
-    )
-
-
-# ---------------------------------------------------------------------------- colour
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode as 8-bit RGB: alpha composited on white, 16-bit scaled down."""
-    convert = MODE_CONVERTERS.get(image.mode)
-    if convert is not None:
-        return convert(image)
-    if "transparency" in image.info:  # a palette, or a PNG with one transparent colour
-        return _composite_on_white(image)
-    return image if image.mode == "RGB" else image.convert("RGB")
-
-
-def _composite_on_white(image: Image.Image) -> Image.Image:
-    rgba = image.convert("RGBA")
-    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(white, rgba).convert("RGB")
-
-
-def _sixteen_bit_to_rgb(image: Image.Image) -> Image.Image:
-    # Pillow's own convert() clips 16-bit values at 255 (a near-white image); scale instead.
-    # 32-bit "I" images come from 16-bit PNG/TIFF files, so they get the same 0..65535 range.
-    values = np.asarray(image).astype(np.float64).clip(0, 65535)
-    grey = np.rint(values / 257).astype(np.uint8)
-    return Image.fromarray(grey).convert("RGB")
-
-
-MODE_CONVERTERS: dict[str, Callable[[Image.Image], Image.Image]] = {
-    "RGBA": _composite_on_white,
-    "RGBa": _composite_on_white,
-    "LA": _composite_on_white,
-    "La": _composite_on_white,
-    "PA": _composite_on_white,
-    "I;16": _sixteen_bit_to_rgb,
-    "I;16L": _sixteen_bit_to_rgb,
-    "I;16B": _sixteen_bit_to_rgb,
-    "I;16N": _sixteen_bit_to_rgb,
-    "I": _sixteen_bit_to_rgb,
-}
+__all__ = [
+    "BUILTIN_FORMATS",
+    "EncodedImage",
+    "decode_image",
+    "decode_slot",
+    "header_pixels",
+    "load_image",
+    "pixel_budget",
+    "read_source",
+    "smart_resize",
+    "supported_formats",
+    "to_rgb",
+]

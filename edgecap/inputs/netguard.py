@@ -8,10 +8,14 @@ Some addresses are never reachable, allow-list or not: unspecified, multicast, r
 cloud metadata endpoints. ``settings.offline`` refuses everything.
 
 DNS rebinding: a host could resolve to a public address when checked and a private one when
-connected. :func:`fetch` avoids that by connecting to the address it checked (the URL's host is
-replaced by the IP; the ``Host`` header and the TLS server name keep the real name, so virtual
-hosts and certificate checks work as before). Callers that send their own requests (webhooks,
-uploads) should do the same with :func:`send_pinned`.
+connected. :func:`fetch` and :func:`deliver` avoid that by connecting to the address they
+checked (the URL's host is replaced by the IP; the ``Host`` header and the TLS server name keep
+the real name, so virtual hosts and certificate checks work as before).
+
+Every exchange has a total deadline (``fetch_timeout_s``: connect + headers + body), enforced
+by cancelling it on a private event loop, and image fetches take one of
+``max_concurrent_fetches`` process-wide slots. Image GETs are opened by ``url_allowlist``;
+webhooks and upload PUTs by ``delivery_allowlist``.
 
 Proxy environment variables are ignored (``trust_env=False``): a proxy would resolve the host
 itself and defeat the check.
@@ -19,12 +23,16 @@ itself and defeat the check.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import ipaddress
+import logging
 import socket
-import time
-from collections.abc import Callable
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import urljoin
 
 import httpx
@@ -32,6 +40,9 @@ import httpx
 from edgecap.config import Settings
 from edgecap.errors import DownloadFailed
 
+logger = logging.getLogger(__name__)
+
+DELIVERY_PURPOSES = frozenset({"webhookURL", "uploadEndpoint"})
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -108,6 +119,15 @@ class CheckedURL:
         return {"sni_hostname": self.url.host}
 
 
+def allowlist_entries(settings: Settings, purpose: str | None) -> list[str]:
+    """Deliveries (webhookURL, uploadEndpoint) have their own allow-list, image GETs theirs."""
+    return settings.delivery_allowlist if purpose in DELIVERY_PURPOSES else settings.url_allowlist
+
+
+def allowlist_name(purpose: str | None) -> str:
+    return "delivery_allowlist" if purpose in DELIVERY_PURPOSES else "url_allowlist"
+
+
 def check_url(url: str, settings: Settings, *, purpose: str) -> None:
     """Raise :class:`DownloadFailed` unless the policy allows a request to ``url``.
 
@@ -131,7 +151,7 @@ def resolve_url(
     parsed = _parse(url, purpose)
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     addresses = resolve_host(parsed.host, port, purpose=purpose)
-    allowlist = Allowlist.parse(settings.url_allowlist)
+    allowlist = Allowlist.parse(allowlist_entries(settings, purpose))
     for ip in addresses:
         check_address(ip, parsed.host, allowlist, purpose=purpose)
     return CheckedURL(parsed, addresses)
@@ -160,23 +180,46 @@ def resolve_host(host: str, port: int, *, purpose: str | None = None) -> tuple[I
 def check_address(
     ip: IPAddress, host: str, allowlist: Allowlist, *, purpose: str | None = None
 ) -> None:
-    """Raise :class:`DownloadFailed` if ``ip`` (which ``host`` resolved to) is off limits."""
+    """Raise :class:`DownloadFailed` if ``ip`` (which ``host`` resolved to) is off limits.
+
+    For a host *name* the message says only that it is not allowed: naming the address it
+    resolves to would let clients map the server's network through error messages (the
+    details go to the log). For an IP literal the client already knows the address.
+    """
     for test, what, can_allow in ADDRESS_RULES:
         if not test(ip):
             continue
         if can_allow and allowlist.allows(host, ip):
             return
-        names = host if host == str(ip) else f"{host} or {ip}"
+        listed = allowlist_name(purpose)
+        if not _is_ip_literal(host):
+            logger.info("Refused %s: %s resolves to %s, %s", purpose, host, ip, what)
+            raise DownloadFailed(
+                f"Refusing {purpose or 'the URL'}: the host {host} is not allowed. If you "
+                f"trust it, add it to {listed}.",
+                parameter=purpose,
+            )
         fix = (
-            f"If you trust it, add {names} to url_allowlist "
-            f"(e.g. EDGECAP_URL_ALLOWLIST='[\"{ip}\"]')."
+            f"If you trust it, add {host} to {listed} (e.g. EDGECAP_{listed.upper()}='[\"{ip}\"]')."
             if can_allow
             else "Such addresses are never allowed."
         )
         raise DownloadFailed(
-            f"Refusing {purpose or 'the URL'}: {host} resolves to {ip}, which is {what}. {fix}",
+            f"Refusing {purpose or 'the URL'}: {host}, which is {what}, is not allowed. {fix}",
             parameter=purpose,
         )
+
+
+T = TypeVar("T")
+
+
+def _is_ip_literal(host: str) -> bool:
+    """Whether the URL named an address itself (``10.0.0.1``, ``[::1]``, ``2130706433``)."""
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host.isdigit()
+    return True
 
 
 def fetch(
@@ -190,15 +233,104 @@ def fetch(
     """GET ``url`` under the policy and return its body, at most ``max_bytes`` long.
 
     Redirects are followed by hand, up to ``settings.fetch_max_redirects``, and every hop is
-    checked again. The whole fetch must finish within ``settings.fetch_timeout_s``. A response
-    whose Content-Type starts with none of ``accept`` is refused — except
+    checked again. The whole fetch — connects, headers, body, every hop — must finish within
+    ``settings.fetch_timeout_s`` (a peer trickling one byte a second is cut off), and at most
+    ``settings.max_concurrent_fetches`` fetches run at once in the process. A response whose
+    Content-Type starts with none of ``accept`` is refused — except
     ``application/octet-stream`` or no Content-Type at all: unlabelled bytes, the caller judges.
     """
-    deadline = time.monotonic() + settings.fetch_timeout_s
+    with fetch_slot(settings, purpose):
+        return within_deadline(
+            _fetch(url, settings, max_bytes, accept, purpose),
+            settings.fetch_timeout_s,
+            lambda: _timeout(str(url), settings, purpose),
+        )
+
+
+def within_deadline(work: Awaitable[T], seconds: float, on_timeout: Callable[[], Exception]) -> T:
+    """Run ``work`` on a private event loop, cancelled after ``seconds`` in total.
+
+    For blocking callers (worker threads): asyncio cancellation interrupts a request in any
+    phase, which per-read socket timeouts cannot do against a trickling peer.
+    """
+
+    async def bounded() -> T:
+        try:
+            return await asyncio.wait_for(work, seconds)
+        except asyncio.TimeoutError:
+            raise on_timeout() from None
+
+    return asyncio.run(bounded())
+
+
+@functools.cache
+def _fetch_slots(count: int) -> threading.BoundedSemaphore:
+    return threading.BoundedSemaphore(count)
+
+
+@contextlib.contextmanager
+def fetch_slot(settings: Settings, purpose: str | None) -> Iterator[None]:
+    """One of the process's ``max_concurrent_fetches`` slots, waiting at most fetch_timeout_s."""
+    slots = _fetch_slots(settings.max_concurrent_fetches)
+    if not slots.acquire(timeout=settings.fetch_timeout_s):
+        raise DownloadFailed(
+            f"{settings.max_concurrent_fetches} downloads are already in flight and none "
+            f"finished within {settings.fetch_timeout_s:g} s. Try again later, or send the "
+            "image inline.",
+            parameter=purpose,
+        )
+    try:
+        yield
+    finally:
+        slots.release()
+
+
+def deliver(
+    url: str,
+    settings: Settings,
+    method: str,
+    *,
+    content: bytes,
+    headers: dict[str, str],
+    purpose: str,
+) -> int:
+    """Send one request (a webhook POST, an upload PUT) under the policy; its status code.
+
+    The answer's body is not read. Connect, send and headers must finish within
+    ``settings.fetch_timeout_s`` in total; raises DownloadFailed (policy, timeout) or
+    httpx.HTTPError.
+    """
+
+    async def exchange() -> int:
+        checked = resolve_url(url, settings, purpose=purpose)
+        async with (
+            httpx.AsyncClient(timeout=settings.fetch_timeout_s, trust_env=False) as client,
+            _closing(
+                await send_pinned(client, checked, method, content=content, headers=headers)
+            ) as response,
+        ):
+            return response.status_code
+
+    return within_deadline(
+        exchange(), settings.fetch_timeout_s, lambda: _timeout(url, settings, purpose)
+    )
+
+
+@contextlib.asynccontextmanager
+async def _closing(response: httpx.Response) -> AsyncIterator[httpx.Response]:
+    try:
+        yield response
+    finally:
+        await response.aclose()
+
+
+async def _fetch(
+    url: str, settings: Settings, max_bytes: int, accept: tuple[str, ...], purpose: str | None
+) -> bytes:
     current: str | httpx.URL = url
     for _hop in range(settings.fetch_max_redirects + 1):
         checked = resolve_url(current, settings, purpose=purpose)
-        answer = _get_once(checked, settings, max_bytes, accept, deadline, purpose)
+        answer = await _get_once(checked, settings, max_bytes, accept, purpose)
         if isinstance(answer, bytes):
             return answer
         current = urljoin(str(checked.url), answer)
@@ -209,19 +341,18 @@ def fetch(
     )
 
 
-def send_pinned(
-    client: httpx.Client,
+async def send_pinned(
+    client: httpx.AsyncClient,
     checked: CheckedURL,
     method: str,
     *,
     content: bytes | None = None,
     headers: dict[str, str] | None = None,
-    stream: bool = False,
 ) -> httpx.Response:
     """Send one request to the vetted addresses of ``checked``, in turn until one connects.
 
-    Redirects are not followed (the client's default): re-check a ``Location`` with
-    :func:`resolve_url` first. With ``stream=True`` the caller must close the response.
+    The response is streamed (the caller closes it). Redirects are not followed: re-check a
+    ``Location`` with :func:`resolve_url` first.
     """
     error: httpx.ConnectError | None = None
     for ip in checked.addresses:
@@ -233,30 +364,26 @@ def send_pinned(
             extensions=checked.extensions,
         )
         try:
-            return client.send(request, stream=stream)
+            return await client.send(request, stream=True)
         except httpx.ConnectError as exc:  # e.g. "localhost" is ::1 first, served on 127.0.0.1
             error = exc
     raise error or DownloadFailed(f"{checked.url} has no address to connect to.")
 
 
-def _get_once(
+async def _get_once(
     checked: CheckedURL,
     settings: Settings,
     max_bytes: int,
     accept: tuple[str, ...],
-    deadline: float,
     purpose: str | None,
 ) -> bytes | str:
     """One hop: the body, or the ``Location`` a redirect points to."""
     shown = str(checked.url)
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise _timeout(shown, settings, purpose)
     try:
         # A fresh client per hop: a pooled TLS connection must not serve another host name.
-        with (
-            httpx.Client(timeout=remaining, trust_env=False) as client,
-            contextlib.closing(send_pinned(client, checked, "GET", stream=True)) as response,
+        async with (
+            httpx.AsyncClient(timeout=settings.fetch_timeout_s, trust_env=False) as client,
+            _closing(await send_pinned(client, checked, "GET")) as response,
         ):
             if response.status_code in REDIRECT_STATUSES:
                 location = response.headers.get("location")
@@ -272,7 +399,7 @@ def _get_once(
                     parameter=purpose,
                 )
             _check_content_type(response, accept, shown, purpose)
-            return _read_capped(response, max_bytes, deadline, shown, settings, purpose)
+            return await _read_capped(response, max_bytes, shown, purpose)
     except httpx.TimeoutException as exc:
         raise _timeout(shown, settings, purpose) from exc
     except httpx.HTTPError as exc:
@@ -300,13 +427,8 @@ def _check_content_type(
     )
 
 
-def _read_capped(
-    response: httpx.Response,
-    max_bytes: int,
-    deadline: float,
-    shown: str,
-    settings: Settings,
-    purpose: str | None,
+async def _read_capped(
+    response: httpx.Response, max_bytes: int, shown: str, purpose: str | None
 ) -> bytes:
     too_big = DownloadFailed(
         f"{shown} is larger than the limit of {max_bytes:,} bytes. Use a "
@@ -317,12 +439,10 @@ def _read_capped(
     if declared.isdigit() and int(declared) > max_bytes:
         raise too_big
     body = bytearray()
-    for chunk in response.iter_bytes():
+    async for chunk in response.aiter_bytes():
         body += chunk
         if len(body) > max_bytes:
             raise too_big
-        if time.monotonic() > deadline:
-            raise _timeout(shown, settings, purpose)
     return bytes(body)
 
 

@@ -78,3 +78,32 @@ class Listeners:
         for listener in targets:
             with contextlib.suppress(RuntimeError):  # that loop has closed meanwhile
                 listener.loop.call_soon_threadsafe(listener.queue.put_nowait, event)
+
+
+class Waiters:
+    """The asyncio events of coroutines awaiting a task, set from the dispatcher thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._events: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
+
+    def add(self, task_uuid: str) -> asyncio.Event:
+        event = asyncio.Event()
+        with self._lock:
+            self._events.setdefault(task_uuid, []).append((asyncio.get_running_loop(), event))
+        return event
+
+    def remove(self, task_uuid: str, event: asyncio.Event) -> None:
+        with self._lock:
+            left = [entry for entry in self._events.get(task_uuid, []) if entry[1] is not event]
+            if left:
+                self._events[task_uuid] = left
+            else:
+                self._events.pop(task_uuid, None)
+
+    def notify(self, task_uuid: str) -> None:
+        with self._lock:
+            entries = list(self._events.get(task_uuid, []))
+        for loop, event in entries:
+            with contextlib.suppress(RuntimeError):  # that loop has closed meanwhile
+                loop.call_soon_threadsafe(event.set)

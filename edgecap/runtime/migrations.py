@@ -55,6 +55,11 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX outbox_due ON outbox (status, next_attempt_at);
     """,
+    # 2: the owning API key (a hash; NULL when the server has no keys)
+    """
+    ALTER TABLE tasks ADD COLUMN owner TEXT;
+    ALTER TABLE tombstones ADD COLUMN owner TEXT;
+    """,
 )
 
 

@@ -8,8 +8,11 @@ It records the result in the store (:mod:`edgecap.runtime.tasks`), queues its we
 deliveries (:mod:`edgecap.runtime.delivery`) and wakes whoever awaits :meth:`TaskService.wait`.
 
 A task runs at most :data:`MAX_ATTEMPTS` times: a crash of the engine process, or of the whole
-server, during a task uses one attempt; after the last one the task fails with
-``inferenceError``. See docs/service-seam.md for the contract with the server.
+server, during a task uses one attempt (attempts are stored, so they count across restarts);
+after the last one the task fails with ``inferenceError``. A task running longer than
+``settings.task_timeout_s`` has its engine process killed and fails with ``timeoutProvider``.
+A result that cannot be written (full disk) fails the task with ``insufficientStorage``.
+See docs/service-seam.md for the contract with the server.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import sqlite3
 import threading
 import time
 from collections.abc import AsyncGenerator
@@ -29,8 +33,9 @@ from edgecap.config import Settings
 from edgecap.errors import (
     EdgecapError,
     InferenceError,
+    InsufficientStorage,
+    NotFound,
     RateLimited,
-    TaskCancelled,
     TaskConflict,
     TaskExpired,
     TimeoutProvider,
@@ -45,9 +50,17 @@ from edgecap.protocol import (
 )
 from edgecap.records import CaptionResult, TokenPiece
 from edgecap.runtime.delivery import Deliverer, outgoing_for
-from edgecap.runtime.listeners import Listener, Listeners
+from edgecap.runtime.failures import (
+    cancelled,
+    client_uuid,
+    gave_up,
+    interrupted,
+    storage_error,
+)
+from edgecap.runtime.listeners import Listener, Listeners, Waiters
 from edgecap.runtime.messages import EngineInfo, WorkItem
 from edgecap.runtime.stats import ServiceStats
+from edgecap.runtime.storage import Reserve
 from edgecap.runtime.tasks import (
     CaptionJob,
     ClaimedTask,
@@ -61,6 +74,7 @@ from edgecap.runtime.worker import (
     Worker,
     WorkerCrashed,
     WorkerStopped,
+    WorkerTimedOut,
 )
 
 __all__ = ["CaptionJob", "TaskConflict", "TaskExpired", "TaskRecord", "TaskService"]
@@ -68,6 +82,8 @@ __all__ = ["CaptionJob", "TaskConflict", "TaskExpired", "TaskRecord", "TaskServi
 logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 2
+FINISH_RETRIES = 3  # writes of a result, before failing the task with insufficientStorage
+FINISH_RETRY_DELAY_S = 0.5
 PURGE_INTERVAL_S = 60.0
 
 
@@ -87,7 +103,8 @@ class TaskService:
             engine_factory or DefaultEngineFactory(settings), log_setup=LogSetup.of(settings)
         )
         self._deliverer = Deliverer(self.store, settings)
-        self._waiters = _Waiters()
+        self._reserve = Reserve(settings.home)
+        self._waiters = Waiters()
         self._listeners = Listeners()
         self._metrics = ServiceStats()
         self._submit_lock = threading.Lock()
@@ -103,6 +120,7 @@ class TaskService:
 
     def start(self) -> None:
         """Requeue what a previous run left unfinished, then start the worker and delivery."""
+        self._reserve.ensure()
         requeued = self.store.requeue_unfinished()
         if requeued:
             logger.info("Requeued %d task(s) left unfinished by the previous run", requeued)
@@ -127,47 +145,70 @@ class TaskService:
         self.store.close()
 
     def submit(self, job: CaptionJob) -> TaskRecord:
-        """Store ``job`` and queue it; returns once it is durable.
+        """Store ``job`` and queue it; returns once it is durable (see :meth:`submit_all`)."""
+        return self.submit_all([job])[0]
 
-        The same taskUUID with the same fingerprint returns the existing record (clients resend
-        on timeouts); with another fingerprint it raises :class:`TaskConflict`. A full queue
-        raises :class:`RateLimited` with ``extra["retry_after"]`` in seconds.
+    def submit_all(self, jobs: list[CaptionJob]) -> list[TaskRecord]:
+        """Store the jobs of one task and queue them, all or none; returns once durable.
+
+        The same taskUUID with the same fingerprint (and owner) returns the existing record
+        (clients resend on timeouts); with another fingerprint or owner it raises
+        :class:`TaskConflict`. A queue without room for every new job raises
+        :class:`RateLimited` with ``extra["retry_after"]`` in seconds; a full disk raises
+        :class:`InsufficientStorage`.
         """
         with self._submit_lock:
-            known = self.store.fingerprint(job.task_uuid)
-            if known is not None:
-                if known != job.fingerprint:
+            known: dict[str, TaskRecord] = {}
+            for job in jobs:
+                identity = self.store.identity(job.task_uuid)
+                if identity is None:
+                    continue
+                if identity != (job.fingerprint, job.owner):
                     raise TaskConflict(
                         f"The taskUUID {job.task_uuid} was already used for a different task. "
                         "Give every new task a new UUID v4; resend a task unchanged to get its "
                         "status.",
                         parameter="taskUUID",
                     )
-                return self.store.get(job.task_uuid)
-            waiting = self.store.count("queued")
-            if waiting >= self.settings.queue_size:
-                retry_after = self.retry_after(waiting)
-                raise RateLimited(
-                    f"The queue is full ({waiting} tasks waiting). Retry in about "
-                    f"{retry_after} s, or raise queue_size (EDGECAP_QUEUE_SIZE).",
-                    retry_after=retry_after,
-                )
-            record = self.store.add(job)
+                known[job.task_uuid] = self.store.get(job.task_uuid)
+            new = [job for job in jobs if job.task_uuid not in known]
+            if new:
+                self._refuse_if_full(len(new))
+                try:
+                    added = self.store.add_all(new)
+                except sqlite3.OperationalError as exc:
+                    raise storage_error(exc) from exc
+                known.update((r.task_uuid, r) for r in added)
         self._wake.set()
-        return record
+        return [known[job.task_uuid] for job in jobs]
+
+    def _refuse_if_full(self, needed: int) -> None:
+        waiting = self.store.count("queued")
+        if waiting + needed > self.settings.queue_size:
+            retry_after = self.retry_after(waiting)
+            raise RateLimited(
+                f"The queue has no room for {needed} more task(s) ({waiting} waiting, "
+                f"queue_size {self.settings.queue_size}). Retry in about {retry_after} s, or "
+                "raise queue_size (EDGECAP_QUEUE_SIZE).",
+                retry_after=retry_after,
+            )
 
     async def wait(self, task_uuid: str, timeout: float) -> TaskRecord:
-        """The task's record once it has finished, or its current record after ``timeout`` s."""
-        record = self.store.get(task_uuid)
+        """The task's record once it has finished, or its current record after ``timeout`` s.
+
+        The store is read in a worker thread, never on the event loop.
+        """
+        record = await asyncio.to_thread(self.store.get, task_uuid)
         if record.finished:
             return record
         event = self._waiters.add(task_uuid)
         try:
-            record = self.store.get(task_uuid)  # it may have finished before we registered
+            # it may have finished before we registered
+            record = await asyncio.to_thread(self.store.get, task_uuid)
             if not record.finished:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(event.wait(), timeout)
-                record = self.store.get(task_uuid)
+                record = await asyncio.to_thread(self.store.get, task_uuid)
         finally:
             self._waiters.remove(task_uuid, event)
         return record
@@ -211,9 +252,21 @@ class TaskService:
         finally:
             self._listeners.remove(job.task_uuid, listener)
 
-    def get(self, task_uuid: str) -> TaskRecord:
-        """The task's record; raises ``NotFound`` (taskNotFound) or :class:`TaskExpired`."""
-        return self.store.get(task_uuid)
+    def get(
+        self, task_uuid: str, *, owner: str | None = None, with_task: bool = True
+    ) -> TaskRecord:
+        """The task's record; raises ``NotFound`` (taskNotFound) or :class:`TaskExpired`.
+
+        A task another key sent is answered as if it did not exist.
+        """
+        identity = self.store.identity(task_uuid)
+        if identity is not None and identity[1] != owner:
+            raise NotFound(
+                f"No task has the taskUUID {task_uuid}. Check the UUID: a task is known "
+                "only to the server that accepted it, and only to the key that sent it.",
+                parameter="taskUUID",
+            )
+        return self.store.get(task_uuid, with_task=with_task)
 
     def watch(self, task_uuid: str) -> Listener:
         """A listener on the task: its text pieces as they are generated, then its
@@ -229,7 +282,7 @@ class TaskService:
         """
         job = self.store.withdraw(task_uuid)
         if job is not None:
-            self._finish_error(job, _cancelled(job, 0))
+            self._finish_error(job, cancelled(job, 0))
             return True
         try:
             running = self.store.get(task_uuid).status == "processing"
@@ -305,12 +358,18 @@ class TaskService:
 
     def _run(self, claimed: ClaimedTask) -> None:
         job = claimed.job
+        if claimed.attempts > MAX_ATTEMPTS:  # the server stopped during every earlier attempt
+            self._finish_error(job, interrupted(claimed.attempts - 1))
+            return
         started = time.perf_counter()
         stream = self._listeners.wants_pieces(job.task_uuid)
         on_piece = partial(self._listeners.piece, job.task_uuid) if stream else None
         try:
             item = WorkItem(job.task_uuid, job.model, job.request, stream=stream)
-            result = self._worker.run(item, on_piece)
+            result = self._worker.run(item, on_piece, timeout_s=self.settings.task_timeout_s)
+        except WorkerTimedOut as exc:
+            self._finish_error(job, exc)
+            return
         except WorkerStopped:
             self.store.release(job.task_uuid, refund_attempt=True)
             return
@@ -319,13 +378,13 @@ class TaskService:
                 logger.warning("Task %s: %s Retrying it.", job.task_uuid, exc.message)
                 self.store.release(job.task_uuid, refund_attempt=False)
                 return
-            self._finish_error(job, _gave_up(claimed.attempts, exc))
+            self._finish_error(job, gave_up(claimed.attempts, exc))
             return
         except EdgecapError as exc:
             self._finish_error(job, exc)
             return
         if result.finish_reason == "cancelled":
-            self._finish_error(job, _cancelled(job, result.generated_tokens))
+            self._finish_error(job, cancelled(job, result.generated_tokens))
             return
         self._metrics.record(result, claimed.queued_seconds, time.perf_counter() - started)
         self._finish_success(job, result)
@@ -333,7 +392,7 @@ class TaskService:
     def _finish_success(self, job: CaptionJob, result: CaptionResult) -> None:
         item = result_item(
             result,
-            _client_uuid(job),
+            client_uuid(job),
             include_cost=job.include_cost,
             cost_per_second=self.settings.cost_per_second,
         )
@@ -341,7 +400,7 @@ class TaskService:
         self._finish(job, response, result=item, error=None, text=result.text, outcome=result)
 
     def _finish_error(self, job: CaptionJob, exc: EdgecapError) -> None:
-        error = error_object(exc, task_type=RESULT_TASK_TYPE, task_uuid=_client_uuid(job))
+        error = error_object(exc, task_type=RESULT_TASK_TYPE, task_uuid=client_uuid(job))
         self._finish(job, error_envelope(error), result=None, error=error, text=None, outcome=exc)
 
     def _finish(
@@ -354,17 +413,51 @@ class TaskService:
         text: str | None,
         outcome: CaptionResult | EdgecapError,
     ) -> None:
-        self.store.finish(
-            job.task_uuid,
-            result=result,
-            error=error,
-            response=response,
-            ttl_s=job.ttl_s or self.settings.result_ttl_s,
-            outgoing=outgoing_for(job, response, text),
-        )
+        """Record the outcome. A full disk is retried; if it stays full the task fails with
+        ``insufficientStorage`` — a small write, given the disk reserve's space if need be —
+        and if even that fails the task stays claimed and counts its attempt at restart."""
+        ttl_s = job.ttl_s or self.settings.result_ttl_s
+        for attempt in range(FINISH_RETRIES):
+            try:
+                self.store.finish(
+                    job.task_uuid,
+                    result=result,
+                    error=error,
+                    response=response,
+                    ttl_s=ttl_s,
+                    outgoing=outgoing_for(job, response, text),
+                )
+                break
+            except sqlite3.OperationalError as exc:
+                logger.warning("Task %s: cannot record its result (%s)", job.task_uuid, exc)
+                if attempt + 1 < FINISH_RETRIES:
+                    self._stopping.wait(FINISH_RETRY_DELAY_S * (attempt + 1))
+        else:
+            self._finishstorage_error(job, ttl_s)
         self._deliverer.wake()
         self._waiters.notify(job.task_uuid)
         self._listeners.finished(job.task_uuid, outcome)  # after the record is final
+
+    def _finishstorage_error(self, job: CaptionJob, ttl_s: int) -> None:
+        exc = InsufficientStorage(
+            "The server's disk is full: the result of this task could not be saved. Free "
+            "space on the server (EDGECAP_HOME), then send the task again under a new taskUUID."
+        )
+        error = error_object(exc, task_type=RESULT_TASK_TYPE, task_uuid=client_uuid(job))
+        for _ in range(2):  # as is; then again with the reserve's space given back
+            try:
+                self.store.finish(
+                    job.task_uuid,
+                    result=None,
+                    error=error,
+                    response=error_envelope(error),
+                    ttl_s=ttl_s,
+                )
+                return
+            except sqlite3.OperationalError:
+                if not self._reserve.release():
+                    break
+        logger.error("Task %s: the disk is full; it stays unfinished", job.task_uuid)
 
     def _purge_if_due(self) -> None:
         now = time.monotonic()
@@ -376,56 +469,3 @@ class TaskService:
         """Seconds until a queue slot is likely free: the tasks ahead at the recent pace."""
         per_task = self._metrics.typical_run_seconds() / self.settings.parallel
         return max(1, math.ceil((waiting + 1) * per_task))
-
-
-def _client_uuid(job: CaptionJob) -> str:
-    """The taskUUID the client sent. Results carry it, not ``job.task_uuid``: the jobs of a
-    multi-image task are stored under UUIDs derived from it, which the client never saw."""
-    sent = job.original_task.get("taskUUID")
-    return sent if isinstance(sent, str) and sent else job.task_uuid
-
-
-def _cancelled(job: CaptionJob, generated: int) -> TaskCancelled:
-    return TaskCancelled(
-        f"The task {_client_uuid(job)} was cancelled by its client after {generated} generated "
-        "token(s). Send it again under a new taskUUID to caption the image.",
-        parameter="taskUUID",
-        generatedTokens=generated,
-    )
-
-
-def _gave_up(attempts: int, crash: WorkerCrashed) -> InferenceError:
-    return InferenceError(
-        f"{crash.message} The task was tried {attempts} times and the model process stopped "
-        "each time; it will not be retried. The image or prompt may trigger a fault in "
-        "llama.cpp or exhaust memory: try a smaller maxPixels or a shorter maxTokens."
-    )
-
-
-class _Waiters:
-    """The asyncio events of coroutines awaiting a task, set from the dispatcher thread."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._events: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
-
-    def add(self, task_uuid: str) -> asyncio.Event:
-        event = asyncio.Event()
-        with self._lock:
-            self._events.setdefault(task_uuid, []).append((asyncio.get_running_loop(), event))
-        return event
-
-    def remove(self, task_uuid: str, event: asyncio.Event) -> None:
-        with self._lock:
-            left = [entry for entry in self._events.get(task_uuid, []) if entry[1] is not event]
-            if left:
-                self._events[task_uuid] = left
-            else:
-                self._events.pop(task_uuid, None)
-
-    def notify(self, task_uuid: str) -> None:
-        with self._lock:
-            entries = list(self._events.get(task_uuid, []))
-        for loop, event in entries:
-            with contextlib.suppress(RuntimeError):  # that loop has closed meanwhile
-                loop.call_soon_threadsafe(event.set)

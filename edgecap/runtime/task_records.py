@@ -33,6 +33,7 @@ class CaptionJob:
     ttl_s: int | None
     fingerprint: str  # sha256 of the canonical JSON of the original task (idempotency)
     original_task: dict[str, Any]  # the task object as the client sent it
+    owner: str | None = None  # which API key (a hash) sent it; None without keys
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class TaskRecord:
     original_task: dict[str, Any]
     response: dict[str, Any] | None  # the envelope as sent: {"data": [...]} or {"errors": [...]}
     expires_at: float | None
+    owner: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -131,6 +133,7 @@ def decode_job(row: sqlite3.Row) -> CaptionJob:
         ttl_s=data["ttl_s"],
         fingerprint=row["fingerprint"],
         original_task=json.loads(row["original_task"]),
+        owner=row["owner"],
     )
 
 
@@ -138,15 +141,30 @@ def _sampling(data: dict[str, Any]) -> Sampling:
     return Sampling(**{**data, "stop": tuple(data.get("stop", ()))})
 
 
+RECORD_COLUMNS = (
+    "task_uuid",
+    "status",
+    "result",
+    "error",
+    "original_task",
+    "response",
+    "expires_at",
+    "owner",
+)
+
+
 def record_of(row: sqlite3.Row) -> TaskRecord:
+    """A row as a record; a row read without ``original_task`` gives ``{}`` for it."""
+    keys = row.keys()
     return TaskRecord(
         task_uuid=row["task_uuid"],
         status=row["status"],
         result=_loads(row["result"]),
         error=_loads(row["error"]),
-        original_task=json.loads(row["original_task"]),
+        original_task=json.loads(row["original_task"]) if "original_task" in keys else {},
         response=_loads(row["response"]),
         expires_at=row["expires_at"],
+        owner=row["owner"],
     )
 
 

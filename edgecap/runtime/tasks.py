@@ -31,6 +31,7 @@ from edgecap.config import MAX_TTL_S
 from edgecap.errors import NotFound, TaskExpired
 from edgecap.runtime.migrations import migrate
 from edgecap.runtime.task_records import (
+    RECORD_COLUMNS,
     UNFINISHED,
     CaptionJob,
     ClaimedTask,
@@ -88,39 +89,55 @@ class TaskStore:
 
     def fingerprint(self, task_uuid: str) -> str | None:
         """The fingerprint stored under ``task_uuid`` (also for expired tasks), or None."""
+        known = self.identity(task_uuid)
+        return known[0] if known else None
+
+    def identity(self, task_uuid: str) -> tuple[str, str | None] | None:
+        """``(fingerprint, owner)`` stored under ``task_uuid`` (also when expired), or None."""
         row = self._one(
-            "SELECT fingerprint FROM tasks WHERE task_uuid = ? "
-            "UNION ALL SELECT fingerprint FROM tombstones WHERE task_uuid = ?",
+            "SELECT fingerprint, owner FROM tasks WHERE task_uuid = ? "
+            "UNION ALL SELECT fingerprint, owner FROM tombstones WHERE task_uuid = ?",
             (task_uuid, task_uuid),
         )
-        return row["fingerprint"] if row else None
+        return (row["fingerprint"], row["owner"]) if row else None
 
     def add(self, job: CaptionJob) -> TaskRecord:
         """Store a new queued task durably (pixels included) and return its record."""
-        image = job.request.image
-        key = image_key(image) if image else None
-        with self._write() as db:
-            if image is not None:
-                db.execute(
-                    "INSERT OR IGNORE INTO images (key, rgb) VALUES (?, ?)", (key, image.rgb)
-                )
-            db.execute(
-                "INSERT INTO tasks (task_uuid, fingerprint, status, job, image_key, "
-                "original_task, created_at) VALUES (?, ?, 'queued', ?, ?, ?, ?)",
-                (
-                    job.task_uuid,
-                    job.fingerprint,
-                    encode_job(job),
-                    key,
-                    json.dumps(job.original_task),
-                    self.clock(),
-                ),
-            )
-        return self.get(job.task_uuid)
+        return self.add_all([job])[0]
 
-    def get(self, task_uuid: str) -> TaskRecord:
-        """The task's record; raises :class:`NotFound` or :class:`TaskExpired`."""
-        row = self._one("SELECT * FROM tasks WHERE task_uuid = ?", (task_uuid,))
+    def add_all(self, jobs: Sequence[CaptionJob]) -> list[TaskRecord]:
+        """Store new queued tasks durably in one transaction (all or none)."""
+        with self._write() as db:
+            for job in jobs:
+                image = job.request.image
+                key = image_key(image) if image else None
+                if image is not None:
+                    db.execute(
+                        "INSERT OR IGNORE INTO images (key, rgb) VALUES (?, ?)", (key, image.rgb)
+                    )
+                db.execute(
+                    "INSERT INTO tasks (task_uuid, fingerprint, status, job, image_key, "
+                    "original_task, created_at, owner) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?)",
+                    (
+                        job.task_uuid,
+                        job.fingerprint,
+                        encode_job(job),
+                        key,
+                        json.dumps(job.original_task),
+                        self.clock(),
+                        job.owner,
+                    ),
+                )
+        return [self.get(job.task_uuid) for job in jobs]
+
+    def get(self, task_uuid: str, *, with_task: bool = True) -> TaskRecord:
+        """The task's record; raises :class:`NotFound` or :class:`TaskExpired`.
+
+        ``with_task=False`` skips reading the stored task (``original_task`` is then ``{}``):
+        for the further jobs of a multi-image task, whose stored task is the first one's.
+        """
+        columns = "*" if with_task else ", ".join(c for c in RECORD_COLUMNS if c != "original_task")
+        row = self._one(f"SELECT {columns} FROM tasks WHERE task_uuid = ?", (task_uuid,))
         if row is None:
             if self._one("SELECT 1 FROM tombstones WHERE task_uuid = ?", (task_uuid,)) is None:
                 raise NotFound(
@@ -240,8 +257,8 @@ class TaskStore:
         now = self.clock()
         with self._write() as db:
             db.execute(
-                "INSERT OR REPLACE INTO tombstones (task_uuid, fingerprint, expired_at) "
-                "SELECT task_uuid, fingerprint, expires_at FROM tasks WHERE expires_at <= ?",
+                "INSERT OR REPLACE INTO tombstones (task_uuid, fingerprint, expired_at, owner) "
+                "SELECT task_uuid, fingerprint, expires_at, owner FROM tasks WHERE expires_at <= ?",
                 (now,),
             )
             purged = db.execute("DELETE FROM tasks WHERE expires_at <= ?", (now,)).rowcount

@@ -27,7 +27,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from edgecap.config import Settings
-from edgecap.errors import EdgecapError, InferenceError, WorkerCrashed, WorkerStopped
+from edgecap.errors import (
+    EdgecapError,
+    InferenceError,
+    WorkerCrashed,
+    WorkerStopped,
+    WorkerTimedOut,
+)
 from edgecap.logs import LogSetup
 from edgecap.records import CaptionResult
 from edgecap.runtime.child import CaptionEngine, EngineFactory, serve
@@ -59,6 +65,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+CANCEL_GRACE_S = 5.0  # a cancelled overrunning task must stop this soon, or the child is killed
 STOP_GRACE_S = 5.0
 
 OnPiece = Callable[[str], None]
@@ -171,9 +178,13 @@ class Worker:
         with self._lock:
             self._spawn()
 
-    def run(self, item: WorkItem, on_piece: OnPiece | None = None) -> CaptionResult:
+    def run(
+        self, item: WorkItem, on_piece: OnPiece | None = None, *, timeout_s: float | None = None
+    ) -> CaptionResult:
         """Caption ``item`` in the child (``on_piece`` gets its text as it streams, from the
-        reader thread). Raises the task's error, or :class:`WorkerCrashed`."""
+        reader thread). Raises the task's error, :class:`WorkerCrashed`, or
+        :class:`WorkerTimedOut` after ``timeout_s``: the task is cancelled, and if the child
+        does not let go of it within :data:`CANCEL_GRACE_S` the child is killed and restarted."""
         if on_piece is not None and not item.stream:
             item = WorkItem(item.task_uuid, item.model, item.request, stream=True)
         with self._lock:
@@ -189,7 +200,8 @@ class Worker:
                 child.waiters[item.task_uuid] = waiter
             with contextlib.suppress(OSError):  # it died: the reader wakes the waiter
                 child.send(item)
-        waiter.done.wait()
+        if not waiter.done.wait(timeout_s):
+            raise self._timed_out(child, item, waiter, timeout_s)
         reply = waiter.reply
         if reply is None:
             raise self._crashed(child)
@@ -250,6 +262,28 @@ class Worker:
             target=self._child.read_replies, name="edgecap-worker-reader", daemon=True
         )
         self._reader.start()
+
+    def _timed_out(
+        self, child: _Child, item: WorkItem, waiter: _Waiter, timeout_s: float | None
+    ) -> EdgecapError:
+        """Cancel the overrunning task; kill the child if it does not stop; the error to raise."""
+        self.cancel(item.task_uuid)
+        if not waiter.done.wait(CANCEL_GRACE_S):
+            logger.warning("Task %s overran its deadline; killing the engine", item.task_uuid)
+            with contextlib.suppress(OSError):
+                child.process.kill()
+            waiter.done.wait(STOP_GRACE_S)  # the reader sees it die and wakes the waiters
+            with self._lock:
+                if child.how is None and not self._stopping.is_set():
+                    self._restart(child)  # once, as _crashed does
+        with child.lock:
+            child.waiters.pop(item.task_uuid, None)
+        return WorkerTimedOut(
+            f"The caption did not finish within {timeout_s:g} s (task_timeout_s / "
+            "EDGECAP_TASK_TIMEOUT_S). Try a smaller maxPixels or maxTokens, or a simpler "
+            "jsonSchema.",
+            parameter="maxTokens",
+        )
 
     def _crashed(self, child: _Child) -> EdgecapError:
         """The error for a task whose child died (or was stopped); restarts the child once."""

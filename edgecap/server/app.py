@@ -25,6 +25,7 @@ from edgecap.protocol import Reply, unexpected_error
 from edgecap.registry import Registry
 from edgecap.runtime.service import TaskService
 from edgecap.server.auth import ApiKeys
+from edgecap.server.guards import Guards
 from edgecap.server.handlers import Context
 from edgecap.server.metrics import Metrics
 from edgecap.server.openai import make_openai_router
@@ -44,13 +45,24 @@ DESCRIPTION = (
 )
 
 
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """The uvicorn settings the app's bounds rely on (``serve`` and the tests use them)."""
+    return {
+        "ws_max_size": settings.max_body_bytes,
+        "ws_per_message_deflate": False,  # a small compressed frame must not inflate
+        "limit_concurrency": settings.max_connections,
+        "timeout_keep_alive": 5,
+        "h11_max_incomplete_event_size": 64 * 1024,  # request line + headers
+    }
+
+
 def create_app(settings: Settings, service: TaskService, registry: Registry) -> FastAPI:
     """The API app, serving ``service`` (started and stopped with the app)."""
     uploads = UploadStore(settings)
     ctx = Context(
         settings, service, registry, uploads, Metrics(service), ApiKeys(settings.api_keys)
     )
-    sessions = Sessions()
+    sessions = Sessions(per_key=settings.ws_sessions_per_key, anonymous=settings.max_connections)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -70,6 +82,8 @@ def create_app(settings: Settings, service: TaskService, registry: Registry) -> 
     @app.post("/v1/stream", summary="One caption task, answered as server-sent events")
     async def stream(request: Request) -> Response:
         return await stream_caption(request, ctx)
+
+    app.add_middleware(Guards, settings=settings)  # Host, Origin, Content-Type, nosniff
 
     @app.websocket("/v1")
     async def websocket(socket: WebSocket) -> None:

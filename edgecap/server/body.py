@@ -1,17 +1,24 @@
-"""Request bodies and WebSocket messages: size limit, strict JSON, and the task array."""
+"""Request bodies and WebSocket messages: size limit, read deadline, strict bounded JSON.
+
+The JSON rules themselves (task count, container count, finite numbers, valid Unicode) are in
+:mod:`edgecap.server.limits`.
+"""
 
 from __future__ import annotations
 
-import json
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-from edgecap.errors import BadRequestBody, PayloadTooLarge
+from edgecap.errors import BodyTimeout, PayloadTooLarge
+from edgecap.server.limits import MAX_TASKS_PER_REQUEST, decode_tasks
 
 THREADPOOL_JSON_BYTES = 256 * 1024  # parse larger bodies off the event loop
-MAX_TASKS_PER_REQUEST = 64  # tasks in one REST body or WebSocket message (besides authentication)
+
+__all__ = ["MAX_TASKS_PER_REQUEST", "parse_body", "read_body", "too_large"]
 
 
 def too_large(limit: int) -> PayloadTooLarge:
@@ -23,68 +30,49 @@ def too_large(limit: int) -> PayloadTooLarge:
     )
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing more than ``limit`` bytes (413) before reading it all."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_large(limit)
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
+class BodyReader:
+    """Reads a request body in steps, within one deadline for the whole body."""
+
+    def __init__(self, request: Request, limit: int, timeout_s: float) -> None:
+        self._stream: AsyncIterator[bytes] = request.stream()
+        self._limit = limit
+        self._deadline = asyncio.get_running_loop().time() + timeout_s
+        self._timeout_s = timeout_s
+        self.data = bytearray()
+        self.done = False
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
             raise too_large(limit)
-    return bytes(body)
+
+    async def read(self, up_to: int | None = None) -> bytes:
+        """Read until ``up_to`` bytes (default: all) are in; the bytes read so far."""
+        while not self.done and (up_to is None or len(self.data) < up_to):
+            remaining = self._deadline - asyncio.get_running_loop().time()
+            try:
+                chunk = await asyncio.wait_for(self._stream.__anext__(), max(remaining, 0.001))
+            except StopAsyncIteration:
+                self.done = True
+                break
+            except asyncio.TimeoutError:
+                raise BodyTimeout(
+                    f"The request body did not arrive within {self._timeout_s:g} s "
+                    "(body_timeout_s / EDGECAP_BODY_TIMEOUT_S). Check the connection.",
+                    parameter="body",
+                ) from None
+            self.data += chunk
+            if len(self.data) > self._limit:
+                raise too_large(self._limit)
+        return bytes(self.data)
+
+
+async def read_body(request: Request, limit: int, timeout_s: float = 60.0) -> bytes:
+    """The request body, refusing more than ``limit`` bytes (413) before reading it all, and
+    a body not received within ``timeout_s`` (408)."""
+    return await BodyReader(request, limit, timeout_s).read()
 
 
 async def parse_body(body: bytes | str) -> list[Any]:
     """The task array of a body or message (a lone task object counts as an array of one)."""
     if len(body) > THREADPOOL_JSON_BYTES:
-        parsed = await run_in_threadpool(decode_json, body)
-    else:
-        parsed = decode_json(body)
-    if isinstance(parsed, dict):
-        return [parsed]
-    if not isinstance(parsed, list):
-        raise BadRequestBody(
-            f"The body must be a JSON array of task objects, not {_json_kind(parsed)}: "
-            '[{"taskType": "caption", "taskUUID": "...", "inputs": {"image": "..."}}].',
-            parameter="body",
-        )
-    if not parsed:
-        raise BadRequestBody(
-            "The body is an empty array: send at least one task object.", parameter="body"
-        )
-    leading_auth = isinstance(parsed[0], dict) and parsed[0].get("taskType") == "authentication"
-    if len(parsed) - leading_auth > MAX_TASKS_PER_REQUEST:
-        raise BadRequestBody(
-            f"The body holds {len(parsed) - leading_auth} tasks; at most "
-            f"{MAX_TASKS_PER_REQUEST} are allowed in one request or message. Split them over "
-            "several requests.",
-            parameter="body",
-            max=MAX_TASKS_PER_REQUEST,
-        )
-    return parsed
-
-
-def decode_json(data: bytes | str) -> Any:
-    """Strict JSON (no NaN or Infinity); BadRequestBody when it is not."""
-
-    def refuse_constant(name: str) -> Any:
-        raise ValueError(f"{name} is not valid JSON")
-
-    try:
-        return json.loads(data, parse_constant=refuse_constant)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError too
-        raise BadRequestBody(
-            f"The body is not valid JSON ({exc}). Send a UTF-8 JSON array of task objects "
-            "with Content-Type: application/json.",
-            parameter="body",
-        ) from None
-
-
-def _json_kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    return "a number" if isinstance(value, int | float) else "a string"
+        return await run_in_threadpool(decode_tasks, body)
+    return decode_tasks(body)

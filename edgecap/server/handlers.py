@@ -35,6 +35,7 @@ from edgecap.server.jobs import (
     image_count,
     job_uuids,
     make_jobs,
+    redacted_task,
     storable_task,
 )
 from edgecap.server.metrics import Metrics
@@ -71,13 +72,18 @@ class Context:
     def job_inputs(self) -> JobInputs:
         return JobInputs(self.settings, self.registry, self.uploads)
 
+    def owner_of(self, key: str | None) -> str | None:
+        """The owner recorded on what a key creates: its hash, or None without keys."""
+        return self.keys.identity(key) if self.keys.required else None
+
 
 @dataclass(frozen=True)
 class Caller:
-    """Where a task came from."""
+    """Where a task came from, and which key sent it (tasks are visible only to it)."""
 
     base_url: str  # e.g. http://127.0.0.1:8080, for the URLs of uploaded images
     transport: Literal["rest", "ws"]
+    owner: str | None = None  # Context.owner_of(the key)
 
 
 Handler = Callable[[dict[str, Any], Context, Caller], Awaitable[Reply]]
@@ -138,7 +144,7 @@ async def caption(raw: dict[str, Any], ctx: Context, caller: Caller) -> Reply:
     """Queue one job per image; answer at once (async) or once finished (sync)."""
     task = parse_task(CaptionTask, raw)
     async with ctx.caption_slots:
-        records, _ = await run_in_threadpool(submit_caption, task, raw, ctx)
+        records, _ = await run_in_threadpool(submit_caption, task, raw, ctx, caller.owner)
     if task.delivery_method == "async":
         return render_records(records, task.task_uuid)
     timeout = ctx.settings.sync_timeout_s
@@ -147,51 +153,50 @@ async def caption(raw: dict[str, Any], ctx: Context, caller: Caller) -> Reply:
 
 
 def submit_caption(
-    task: CaptionTask, raw: dict[str, Any], ctx: Context
+    task: CaptionTask, raw: dict[str, Any], ctx: Context, owner: str | None
 ) -> tuple[list[TaskRecord], bool]:
     """The task's records: those of its earlier sending (then True), or of its jobs, built
-    and queued now (then False).
+    and queued now (then False). ``owner``: the sending key's hash (None without keys).
 
     Blocking (store, model files, image fetch and decode): runs in the thread pool, in one hop.
     """
     uuids = job_uuids(task.task_uuid, len(task.image_sources()))
-    records = _resent_records(ctx.service, uuids, fingerprint(storable_task(raw)))
+    records = _resent_records(ctx.service, uuids, fingerprint(storable_task(raw)), owner)
     if records is not None:
         return records, True
-    _refuse_if_queue_full(ctx)  # before fetching and decoding images for nothing
-    jobs = make_jobs(task, raw, ctx.job_inputs)
+    _refuse_if_queue_full(ctx, len(uuids))  # before fetching and decoding images for nothing
+    jobs = make_jobs(task, raw, ctx.job_inputs, owner=owner)
     for job in jobs:
         if job.request.image is not None:
             ctx.metrics.observe_image_load(job.request.image.load_seconds)
-    return [ctx.service.submit(job) for job in jobs], False
+    return ctx.service.submit_all(jobs), False
 
 
-def _refuse_if_queue_full(ctx: Context) -> None:
-    """RateLimited (429, retryAfter) when the queue is already full: a cheap early check.
-
-    ``TaskService.submit`` checks again, atomically, when the jobs are queued.
+def _refuse_if_queue_full(ctx: Context, needed: int) -> None:
+    """RateLimited (429, retryAfter) when the queue has no room for the task's ``needed`` jobs
+    (one per image): a cheap early check. ``TaskService.submit_all`` checks again, atomically.
     """
     waiting = ctx.service.queue_depth()
-    if waiting >= ctx.settings.queue_size:
+    if waiting + needed > ctx.settings.queue_size:
         retry_after = ctx.service.retry_after(waiting)
         raise RateLimited(
-            f"The queue is full ({waiting} tasks waiting). Retry in about {retry_after} s, "
-            "or raise queue_size (EDGECAP_QUEUE_SIZE).",
+            f"The queue has no room for {needed} more task(s) ({waiting} waiting). Retry in "
+            f"about {retry_after} s, or raise queue_size (EDGECAP_QUEUE_SIZE).",
             retry_after=retry_after,
         )
 
 
 def _resent_records(
-    service: TaskService, uuids: list[str], task_fingerprint: str
+    service: TaskService, uuids: list[str], task_fingerprint: str, owner: str | None
 ) -> list[TaskRecord] | None:
     """The records of a task sent before with the same payload, or None if it is new.
 
-    A used taskUUID with another payload raises TaskConflict. Checking first spares a resent
-    task from fetching and decoding its images again.
+    A used taskUUID with another payload (or another key's) raises TaskConflict. Checking
+    first spares a resent task from fetching and decoding its images again.
     """
     try:
-        first = service.get(uuids[0])
-    except NotFound:  # unknown, or expired (then submit decides: taskExpired or conflict)
+        first = service.get(uuids[0], owner=owner)
+    except NotFound:  # unknown, expired or another key's (then submit decides)
         return None
     if fingerprint(first.original_task) != task_fingerprint:
         raise TaskConflict(
@@ -200,7 +205,7 @@ def _resent_records(
             parameter="taskUUID",
         )
     try:
-        return [first] + [service.get(u) for u in uuids[1:]]
+        return [first] + [service.get(u, owner=owner, with_task=False) for u in uuids[1:]]
     except NotFound:  # a multi-image task that was only partly queued: queue the rest
         return None
 
@@ -243,22 +248,24 @@ def processing_item(task_uuid: str) -> dict[str, Any]:
 
 
 async def get_response(raw: dict[str, Any], ctx: Context, caller: Caller) -> Reply:
-    """The status, result or error of an earlier caption task."""
+    """The status, result or error of an earlier caption task (of the caller's key)."""
     task = parse_task(GetResponseTask, raw)
-    records = await run_in_threadpool(_task_records, ctx.service, task.task_uuid)
+    records = await run_in_threadpool(_task_records, ctx.service, task.task_uuid, caller.owner)
     return render_records(records, task.task_uuid)
 
 
-def _task_records(service: TaskService, task_uuid: str) -> list[TaskRecord]:
-    first = service.get(task_uuid)
+def _task_records(service: TaskService, task_uuid: str, owner: str | None) -> list[TaskRecord]:
+    """A task's records, its stored task read once (from the first)."""
+    first = service.get(task_uuid, owner=owner)
     uuids = job_uuids(task_uuid, image_count(first.original_task))
-    return [first] + [service.get(u) for u in uuids[1:]]
+    return [first] + [service.get(u, owner=owner, with_task=False) for u in uuids[1:]]
 
 
 async def get_task_details(raw: dict[str, Any], ctx: Context, caller: Caller) -> Reply:
-    """An earlier task as it was sent, and the envelope it was (or is being) answered with."""
+    """An earlier task as it was sent (URL secrets redacted), and the envelope it was (or is
+    being) answered with."""
     task = parse_task(GetTaskDetailsTask, raw)
-    records = await run_in_threadpool(_task_records, ctx.service, task.task_uuid)
+    records = await run_in_threadpool(_task_records, ctx.service, task.task_uuid, caller.owner)
     response = (
         records[0].response
         if len(records) == 1 and records[0].response is not None
@@ -268,7 +275,7 @@ async def get_task_details(raw: dict[str, Any], ctx: Context, caller: Caller) ->
         {
             "taskType": "getTaskDetails",
             "taskUUID": task.task_uuid,
-            "request": [records[0].original_task],
+            "request": [redacted_task(records[0].original_task)],
             "response": response,
         }
     )
@@ -277,7 +284,8 @@ async def get_task_details(raw: dict[str, Any], ctx: Context, caller: Caller) ->
 async def image_upload(raw: dict[str, Any], ctx: Context, caller: Caller) -> Reply:
     """Store an image; answer its UUID and the URL it is served at."""
     task = parse_task(ImageUploadTask, raw)
-    image_uuid = await run_in_threadpool(ctx.uploads.save, task.image)
+    async with ctx.caption_slots:  # fetching and decoding: bounded like captions
+        image_uuid = await run_in_threadpool(ctx.uploads.save, task.image, caller.owner)
     return Reply.of_item(
         {
             "taskType": "imageUpload",

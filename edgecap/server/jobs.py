@@ -13,6 +13,7 @@ import json
 import uuid
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from edgecap.config import Settings
 from edgecap.errors import DownloadFailed, EdgecapError, InvalidParameter
@@ -59,6 +60,32 @@ def inline_placeholder(image: Any) -> Any:
     return f"<inline image: {len(image)} characters, sha256 {digest}>"
 
 
+def redacted_task(task: dict[str, Any]) -> dict[str, Any]:
+    """The stored task as getTaskDetails shows it: URLs lose their credentials and query
+    strings (webhook tokens, signed image links), which only the sender should know."""
+    out = dict(task)
+    for name in ("webhookURL", "uploadEndpoint", "inputImage"):
+        if isinstance(out.get(name), str):
+            out[name] = redacted_url(out[name])
+    if isinstance(out.get("inputs"), dict) and isinstance(out["inputs"].get("image"), str):
+        out["inputs"] = {**out["inputs"], "image": redacted_url(out["inputs"]["image"])}
+    if isinstance(out.get("inputImages"), list):
+        out["inputImages"] = [
+            redacted_url(i) if isinstance(i, str) else i for i in out["inputImages"]
+        ]
+    return out
+
+
+def redacted_url(text: str) -> str:
+    """``https://user:pw@host/p?token=x#f`` → ``https://host/p?<redacted>``; others unchanged."""
+    if not is_url(text):
+        return text
+    parts = urlsplit(text)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    query = "<redacted>" if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
 def fingerprint(task: dict[str, Any]) -> str:
     """sha256 of the task's canonical JSON: the same task sent twice has the same one."""
     canonical = json.dumps(task, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -77,7 +104,9 @@ def image_count(original_task: dict[str, Any]) -> int:
     return len(listed) if isinstance(listed, list) and listed else 1
 
 
-def make_jobs(task: CaptionTask, raw: dict[str, Any], inputs: JobInputs) -> list[CaptionJob]:
+def make_jobs(
+    task: CaptionTask, raw: dict[str, Any], inputs: JobInputs, *, owner: str | None = None
+) -> list[CaptionJob]:
     """Check the model and delivery URLs, load the images, and build one job per image."""
     settings = inputs.settings
     model = resolve_model(inputs.registry, task.model)
@@ -88,7 +117,7 @@ def make_jobs(task: CaptionTask, raw: dict[str, Any], inputs: JobInputs) -> list
         if url is not None:
             check_delivery_url(url, settings, purpose)
     loaded = [
-        load_task_image(source, parameter, task, inputs)
+        load_task_image(source, parameter, task, inputs, owner)
         for source, parameter in zip(task.image_sources(), image_parameters(task), strict=True)
     ]
     sampling = settings.sampling_for(
@@ -116,6 +145,7 @@ def make_jobs(task: CaptionTask, raw: dict[str, Any], inputs: JobInputs) -> list
             ttl_s=task.ttl,
             fingerprint=task_fingerprint,
             original_task=stored,
+            owner=owner,
         )
         for job_uuid, image in zip(job_uuids(task.task_uuid, len(loaded)), loaded, strict=True)
     ]
@@ -147,12 +177,16 @@ def image_parameters(task: CaptionTask) -> list[str]:
 
 
 def load_task_image(
-    source: str, parameter: str, task: CaptionTask, inputs: JobInputs
+    source: str,
+    parameter: str,
+    task: CaptionTask,
+    inputs: JobInputs,
+    owner: str | None = None,
 ) -> LoadedImage:
     """An upload (by UUID), a URL, a data URI or base64, decoded and budget-resized."""
     try:
         readable: str | bytes = (
-            inputs.uploads.read(source, parameter=parameter)
+            inputs.uploads.read(source, parameter=parameter, owner=owner)
             if is_media_uuid(source)
             else wire_image(source, inputs.settings)
         )

@@ -11,7 +11,7 @@ from edgecap.config import Settings
 from edgecap.logs import LogSetup
 from edgecap.registry import Registry
 from edgecap.runtime.service import TaskService
-from edgecap.server.app import create_app
+from edgecap.server.app import create_app, uvicorn_options
 from edgecap.server.auth import ApiKeys, check_bind
 
 logger = logging.getLogger(__name__)
@@ -36,8 +36,8 @@ def serve(settings: Settings, *, allow_unauthenticated_public_bind: bool = False
         app,
         host=settings.host,
         port=settings.port,
-        ws_max_size=settings.max_body_bytes,
         log_config=None,  # ours, set up above (uvicorn's would replace it)
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=5,
+        **uvicorn_options(settings),
     )

@@ -40,6 +40,13 @@ from pydantic_core import PydanticCustomError
 
 from edgecap.config import MAX_SEED, MAX_TEMPERATURE, MAX_TOKENS_LIMIT, MAX_TTL_S
 from edgecap.server.contract_errors import contract_error
+from edgecap.server.limits import (
+    MAX_GRAMMAR_WEIGHT,
+    MAX_ROUTING_BYTES,
+    check_image_source,
+    check_routing,
+    grammar_weight,
+)
 
 MAX_PROMPT_CHARS = 20_000
 MAX_INPUT_IMAGES = 8
@@ -80,7 +87,9 @@ Prompt = Annotated[
     StringConstraints(min_length=1, max_length=MAX_PROMPT_CHARS),
     BeforeValidator(_join_prompt),
 ]
-ImageSource = Annotated[str, Field(min_length=1)]
+
+
+ImageSource = Annotated[str, Field(min_length=1), AfterValidator(check_image_source)]
 WebURL = Annotated[str, Field(min_length=1, max_length=MAX_URL_CHARS)]
 
 
@@ -121,7 +130,9 @@ class CaptionTask(_Task):
     output_type: Literal["URL", "base64Data", "dataURI"] | None = None
     output_format: Literal["JPG", "PNG", "WEBP"] | None = None
     output_quality: int = Field(95, ge=20, le=99)
-    routing: dict[str, Any] | None = Field(None, description="Accepted and ignored")
+    routing: Annotated[dict[str, Any] | None, AfterValidator(check_routing)] = Field(
+        None, description=f"Accepted and ignored; at most {MAX_ROUTING_BYTES} bytes as JSON"
+    )
     # edgecap extensions
     max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
     temperature: float | None = Field(None, ge=0.0, le=MAX_TEMPERATURE)
@@ -213,6 +224,15 @@ def check_json_schema(schema: dict[str, Any]) -> None:
             "jsonSchema is {size} bytes as JSON, more than the {limit} allowed; "
             "send a smaller schema.",
             {"size": size, "limit": MAX_JSON_SCHEMA_BYTES, "parameter": "jsonSchema"},
+        )
+    unrolled = grammar_weight(schema)
+    if unrolled > MAX_GRAMMAR_WEIGHT:
+        raise PydanticCustomError(
+            "invalidParameter",
+            "jsonSchema would unroll into a grammar of about {weight} repetitions (more than "
+            "{limit}): lower maxLength, maxItems, minItems, minLength or the {{n,m}} counts "
+            "in pattern.",
+            {"weight": unrolled, "limit": MAX_GRAMMAR_WEIGHT, "parameter": "jsonSchema"},
         )
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 from fastapi import Request
@@ -33,8 +34,9 @@ from edgecap.records import CaptionResult, TokenPiece
 from edgecap.runtime.listeners import Listener
 from edgecap.runtime.tasks import TaskRecord
 from edgecap.server.auth import bearer_key
-from edgecap.server.body import decode_json, read_body
+from edgecap.server.body import read_body
 from edgecap.server.handlers import Context, submit_caption
+from edgecap.server.limits import decode_json
 from edgecap.server.schema import CaptionTask, parse_task
 
 KEEPALIVE_S = 10.0
@@ -45,7 +47,8 @@ async def stream_caption(request: Request, ctx: Context) -> Response:
     """The SSE answer to one caption task, or a JSON error before it is queued."""
     task_uuid: str | None = None
     try:
-        ctx.keys.check(bearer_key(request.headers.get("authorization")))
+        key = bearer_key(request.headers.get("authorization"))
+        ctx.keys.check(key)
         raw = await _one_task(request, ctx)
         task_uuid = raw.get("taskUUID") if isinstance(raw.get("taskUUID"), str) else None
         task = parse_task(CaptionTask, raw)
@@ -60,11 +63,14 @@ async def stream_caption(request: Request, ctx: Context) -> Response:
     feed = ctx.service.watch(task.task_uuid)  # before submitting, so that no piece is missed
     try:
         async with ctx.caption_slots:
-            records, resent = await run_in_threadpool(submit_caption, task, raw, ctx)
+            owner = ctx.owner_of(key)
+            records, resent = await run_in_threadpool(submit_caption, task, raw, ctx, owner)
     except EdgecapError as exc:
         feed.close()
         return _error_reply(exc, task.task_uuid)
-    return _TaskStream(ctx, feed, records[0], client_uuid=task.task_uuid, owned=not resent)
+    return _TaskStream(
+        ctx, feed, records[0], client_uuid=task.task_uuid, owned=not resent, owner=owner
+    )
 
 
 async def _one_task(request: Request, ctx: Context) -> dict[str, Any]:
@@ -89,10 +95,18 @@ class _TaskStream(StreamingResponse):
     event was sent (the client went away, the server is stopping), the task is cancelled."""
 
     def __init__(
-        self, ctx: Context, feed: Listener, record: TaskRecord, *, client_uuid: str, owned: bool
+        self,
+        ctx: Context,
+        feed: Listener,
+        record: TaskRecord,
+        *,
+        client_uuid: str,
+        owned: bool,
+        owner: str | None,
     ) -> None:
         self.ctx, self.feed, self.record = ctx, feed, record
         self.client_uuid, self.owned, self.finished = client_uuid, owned, False
+        self.owner = owner
         super().__init__(self.events(), media_type="text/event-stream", headers=STREAM_HEADERS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -115,7 +129,9 @@ class _TaskStream(StreamingResponse):
             else:  # the outcome: the engine's result, or the task's error
                 engine = item if isinstance(item, CaptionResult) else None
                 break
-        final = await run_in_threadpool(self.ctx.service.get, self.record.task_uuid)
+        final = await run_in_threadpool(
+            partial(self.ctx.service.get, self.record.task_uuid, owner=self.owner)
+        )
         self.finished = True  # nothing is left to cancel, even if the last send fails
         yield _final_event(final, engine, self.client_uuid)
 

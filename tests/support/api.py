@@ -28,6 +28,7 @@ from edgecap.registry import Catalog, Registry, load_catalog
 from edgecap.runtime.service import TaskService
 from edgecap.runtime.worker import EngineFactory
 from edgecap.server import create_app
+from edgecap.server.app import uvicorn_options
 from tests.support.waiting import wait_until
 
 TINY_ID = "edgecap-tiny-random"
@@ -43,6 +44,7 @@ def api_settings(home: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "home": home,
         "url_allowlist": ["127.0.0.1"],
+        "delivery_allowlist": ["127.0.0.1"],
         "fetch_timeout_s": 10.0,
         "sync_timeout_s": 60.0,
         "webhook_retries": 3,
@@ -92,8 +94,8 @@ class LiveServer:
             host="127.0.0.1",
             port=0,
             log_level="warning",
-            ws_max_size=settings.max_body_bytes,
             lifespan="on",
+            **uvicorn_options(settings),
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)

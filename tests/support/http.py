@@ -7,7 +7,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 STOP_TIMEOUT_S = 10.0
@@ -64,6 +64,7 @@ class Received:
     path: str
     content_type: str
     body: bytes
+    headers: dict[str, str] = field(default_factory=dict, compare=False)
 
 
 class Receiver:
@@ -79,7 +80,13 @@ class Receiver:
             def _answer(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 receiver.received.append(
-                    Received(self.command, self.path, self.headers["Content-Type"], body)
+                    Received(
+                        self.command,
+                        self.path,
+                        self.headers["Content-Type"],
+                        body,
+                        dict(self.headers.items()),
+                    )
                 )
                 status = receiver.statuses.pop(0) if receiver.statuses else 200
                 self.send_response(status)

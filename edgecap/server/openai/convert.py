@@ -32,8 +32,11 @@ ROLES: dict[str, Literal["system", "user", "assistant"]] = {
 }
 
 
-def make_job(request: ChatCompletionRequest, inputs: JobInputs) -> CaptionJob:
-    """Check the model, load the image, and build the job (under a new task UUID)."""
+def make_job(
+    request: ChatCompletionRequest, inputs: JobInputs, owner: str | None = None
+) -> CaptionJob:
+    """Check the model, load the image, and build the job (under a new task UUID) for the
+    key whose hash is ``owner`` (None without keys)."""
     settings = inputs.settings
     model = resolve_model(inputs.registry, request.model)
     messages = list(request.messages)
@@ -41,7 +44,7 @@ def make_job(request: ChatCompletionRequest, inputs: JobInputs) -> CaptionJob:
     while messages and ROLES[messages[0].role] == "system" and len(messages) > 1:
         system.append(messages.pop(0).text())
     *earlier, last = messages
-    image = _load_image(request, inputs)
+    image = _load_image(request, inputs, owner)
     json_schema: dict[str, Any] | None = None
     fmt = request.response_format
     if fmt is not None and fmt.type == "json_object":
@@ -74,6 +77,7 @@ def make_job(request: ChatCompletionRequest, inputs: JobInputs) -> CaptionJob:
         ttl_s=RESULT_TTL_S,
         fingerprint=fingerprint(stored),
         original_task=stored,
+        owner=owner,
     )
 
 
@@ -81,19 +85,24 @@ def _turn(message: Message) -> ChatTurn:
     return ChatTurn(ROLES[message.role], message.text(), image=bool(message.images()))
 
 
-def _load_image(request: ChatCompletionRequest, inputs: JobInputs) -> LoadedImage | None:
+def _load_image(
+    request: ChatCompletionRequest, inputs: JobInputs, owner: str | None
+) -> LoadedImage | None:
     """The conversation's image (there is at most one), decoded and budget-resized."""
     for i, message in enumerate(request.messages):
         for part in message.images():
-            return load_image_url(part, f"messages[{i}].content", inputs)
+            return load_image_url(part, f"messages[{i}].content", inputs, owner)
     return None
 
 
-def load_image_url(part: ImageURL, parameter: str, inputs: JobInputs) -> LoadedImage:
-    """An ``image_url``: an uploaded image's UUID, a data URI or an http(s) URL."""
+def load_image_url(
+    part: ImageURL, parameter: str, inputs: JobInputs, owner: str | None = None
+) -> LoadedImage:
+    """An ``image_url``: an uploaded image's UUID (``owner``'s), a data URI or an http(s)
+    URL."""
     try:
         readable: str | bytes = (
-            inputs.uploads.read(part.url, parameter=parameter)
+            inputs.uploads.read(part.url, parameter=parameter, owner=owner)
             if is_media_uuid(part.url)
             else wire_image(part.url, inputs.settings)
         )

@@ -17,8 +17,9 @@ from starlette.concurrency import run_in_threadpool
 from edgecap.errors import BadRequestBody, EdgecapError, InvalidParameter, UnknownModel
 from edgecap.records import CaptionResult
 from edgecap.server.auth import bearer_key
-from edgecap.server.body import THREADPOOL_JSON_BYTES, decode_json, read_body
+from edgecap.server.body import THREADPOOL_JSON_BYTES, read_body
 from edgecap.server.handlers import Context
+from edgecap.server.limits import decode_json
 from edgecap.server.openai.convert import make_job
 from edgecap.server.openai.replies import Completion, error_response, sse_events
 from edgecap.server.openai.schema import ChatCompletionRequest, parse_request, request_schema
@@ -42,9 +43,10 @@ def make_openai_router(ctx: Context) -> APIRouter:
     )
     async def chat_completions(request: Request) -> Response:
         try:
-            ctx.keys.check(bearer_key(request.headers.get("authorization")))
+            key = bearer_key(request.headers.get("authorization"))
+            ctx.keys.check(key)
             chat = parse_request(await _json(request, ctx))
-            return await _answer(chat, ctx)
+            return await _answer(chat, ctx, ctx.owner_of(key))
         except EdgecapError as exc:
             return error_response(exc)
 
@@ -87,9 +89,9 @@ async def _json(request: Request, ctx: Context) -> Any:
         ) from None
 
 
-async def _answer(chat: ChatCompletionRequest, ctx: Context) -> Response:
+async def _answer(chat: ChatCompletionRequest, ctx: Context, owner: str | None) -> Response:
     async with ctx.caption_slots:
-        job = await run_in_threadpool(make_job, chat, ctx.job_inputs)
+        job = await run_in_threadpool(make_job, chat, ctx.job_inputs, owner)
     completion = Completion(
         id=f"chatcmpl-{job.task_uuid}",
         model=chat.model,
