@@ -18,7 +18,7 @@ import pytest
 
 from edgecap.config import Settings
 from edgecap.errors import DownloadFailed, EdgecapError
-from edgecap.inputs import netguard
+from edgecap.inputs import fetching
 from edgecap.records import CaptionRequest
 from edgecap.runtime.delivery import Deliverer, DeliveryFailed, send
 from edgecap.runtime.tasks import Outgoing, TaskStore
@@ -117,7 +117,7 @@ def outcome(call: Callable[[], Any]) -> BaseException | Any:
 @pytest.mark.parametrize("mode", ["headers", "body"])
 def test_an_image_fetch_has_a_total_deadline(tmp_path: Path, trickler: Any, mode: str) -> None:
     slow = trickler(mode)
-    result = outcome(lambda: netguard.fetch(slow.url, settings_for(tmp_path), max_bytes=10**6))
+    result = outcome(lambda: fetching.fetch(slow.url, settings_for(tmp_path), max_bytes=10**6))
     assert isinstance(result, DownloadFailed)
     assert "took longer than 2 s" in result.message
 
@@ -136,7 +136,7 @@ def test_concurrent_fetches_are_bounded(tmp_path: Path, trickler: Any) -> None:
     settings = settings_for(tmp_path, max_concurrent_fetches=1, fetch_timeout_s=2.0)
     holding = settings_for(tmp_path, max_concurrent_fetches=1, fetch_timeout_s=8.0)
     holder = threading.Thread(
-        target=lambda: outcome(lambda: netguard.fetch(slow.url, holding, max_bytes=10)),
+        target=lambda: outcome(lambda: fetching.fetch(slow.url, holding, max_bytes=10)),
         daemon=True,
     )
     holder.start()
@@ -144,7 +144,7 @@ def test_concurrent_fetches_are_bounded(tmp_path: Path, trickler: Any) -> None:
     while slow.connections < 1:
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    second = outcome(lambda: netguard.fetch(slow.url, settings, max_bytes=10))
+    second = outcome(lambda: fetching.fetch(slow.url, settings, max_bytes=10))
     holder.join(JOIN_S)
     assert isinstance(second, DownloadFailed)
     assert "downloads are already in flight" in second.message

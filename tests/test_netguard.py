@@ -13,7 +13,8 @@ import pytest
 
 from edgecap.config import Settings
 from edgecap.errors import DownloadFailed
-from edgecap.inputs.netguard import check_url, fetch, resolve_url
+from edgecap.inputs.fetching import fetch
+from edgecap.inputs.netguard import check_url, resolve_url
 from tests.support.http import QuietHandler, base_url, serve
 
 PNG_BYTES = b"\x89PNG\r\n\x1a\n" + b"\x00" * 100  # content is not inspected here

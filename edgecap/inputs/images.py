@@ -28,7 +28,7 @@ from PIL import Image
 
 from edgecap.config import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, PIXELS_PER_TOKEN, Settings
 from edgecap.errors import InvalidInputImage
-from edgecap.inputs import netguard
+from edgecap.inputs import fetching
 from edgecap.inputs.base64text import decode_base64, too_many_bytes
 from edgecap.inputs.decoding import (
     BUILTIN_FORMATS,
@@ -166,7 +166,7 @@ def read_source(
             raise too_many_bytes("stdin", None, limit)
         return EncodedImage(data, "stdin")
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", source):
-        data = netguard.fetch(source, settings, max_bytes=limit)
+        data = fetching.fetch(source, settings, max_bytes=limit)
         return EncodedImage(data, f"the image downloaded from {_short(source)}")
     if source[:5].lower() == "data:":
         return EncodedImage(_decode_data_uri(source, limit), "the data URI")

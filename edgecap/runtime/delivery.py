@@ -32,7 +32,7 @@ import httpx
 
 from edgecap.config import Settings
 from edgecap.errors import DeliveryFailed, EdgecapError
-from edgecap.inputs import netguard
+from edgecap.inputs import fetching
 from edgecap.runtime.tasks import CaptionJob, Delivery, DeliveryKind, Outgoing, TaskStore
 
 logger = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def send(outgoing: Outgoing, settings: Settings, *, task_uuid: str = "") -> None
     if settings.webhook_secret:
         headers["X-Edgecap-Signature"] = signature(settings.webhook_secret, outgoing.body)
     try:
-        status = netguard.deliver(
+        status = fetching.deliver(
             outgoing.url,
             settings,
             method,
