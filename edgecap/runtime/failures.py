@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 
 from edgecap.errors import EdgecapError, InferenceError, InsufficientStorage, TaskCancelled
-from edgecap.runtime.storage import is_disk_full
-from edgecap.runtime.tasks import CaptionJob
+from edgecap.protocol import RESULT_TASK_TYPE, error_envelope, error_object
+from edgecap.runtime.storage import Reserve, is_disk_full
+from edgecap.runtime.tasks import CaptionJob, TaskStore
 from edgecap.runtime.worker import WorkerCrashed
+
+logger = logging.getLogger(__name__)
 
 
 def client_uuid(job: CaptionJob) -> str:
@@ -48,4 +52,27 @@ def gave_up(attempts: int, crash: WorkerCrashed) -> InferenceError:
         f"{crash.message} The task was tried {attempts} times and the model process stopped "
         "each time; it will not be retried. The image or prompt may trigger a fault in "
         "llama.cpp or exhaust memory: try a smaller maxPixels or a shorter maxTokens."
+    )
+
+
+def record_disk_full(store: TaskStore, reserve: Reserve, job: CaptionJob, ttl_s: int) -> None:
+    """Fail ``job`` with ``insufficientStorage`` — a small write, given the disk reserve's
+    space if need be; if even that fails the task stays claimed (its attempt counts at
+    restart)."""
+    exc = InsufficientStorage(
+        "The server's disk is full: the result of this task could not be saved. Free "
+        "space on the server (EDGECAP_HOME), then send the task again under a new taskUUID."
+    )
+    error = error_object(exc, task_type=RESULT_TASK_TYPE, task_uuid=client_uuid(job))
+    for _ in range(2):  # as is; then again with the reserve's space given back
+        try:
+            store.finish(
+                job.task_uuid, result=None, error=error, response=error_envelope(error), ttl_s=ttl_s
+            )
+            return
+        except sqlite3.OperationalError:
+            if not reserve.release():
+                break
+    logging.getLogger(__name__).error(
+        "Task %s: the disk is full; it stays unfinished", job.task_uuid
     )

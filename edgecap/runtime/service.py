@@ -33,7 +33,6 @@ from edgecap.config import Settings
 from edgecap.errors import (
     EdgecapError,
     InferenceError,
-    InsufficientStorage,
     NotFound,
     RateLimited,
     TaskConflict,
@@ -55,6 +54,7 @@ from edgecap.runtime.failures import (
     client_uuid,
     gave_up,
     interrupted,
+    record_disk_full,
     storage_error,
 )
 from edgecap.runtime.listeners import Listener, Listeners, Waiters
@@ -433,31 +433,10 @@ class TaskService:
                 if attempt + 1 < FINISH_RETRIES:
                     self._stopping.wait(FINISH_RETRY_DELAY_S * (attempt + 1))
         else:
-            self._finishstorage_error(job, ttl_s)
+            record_disk_full(self.store, self._reserve, job, ttl_s)
         self._deliverer.wake()
         self._waiters.notify(job.task_uuid)
         self._listeners.finished(job.task_uuid, outcome)  # after the record is final
-
-    def _finishstorage_error(self, job: CaptionJob, ttl_s: int) -> None:
-        exc = InsufficientStorage(
-            "The server's disk is full: the result of this task could not be saved. Free "
-            "space on the server (EDGECAP_HOME), then send the task again under a new taskUUID."
-        )
-        error = error_object(exc, task_type=RESULT_TASK_TYPE, task_uuid=client_uuid(job))
-        for _ in range(2):  # as is; then again with the reserve's space given back
-            try:
-                self.store.finish(
-                    job.task_uuid,
-                    result=None,
-                    error=error,
-                    response=error_envelope(error),
-                    ttl_s=ttl_s,
-                )
-                return
-            except sqlite3.OperationalError:
-                if not self._reserve.release():
-                    break
-        logger.error("Task %s: the disk is full; it stays unfinished", job.task_uuid)
 
     def _purge_if_due(self) -> None:
         now = time.monotonic()
