@@ -6,6 +6,7 @@ import each other. Keep each section's fixtures together under its heading.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ import pytest
 from edgecap.convert import convert
 from edgecap.records import ModelFiles
 from edgecap.tiny import make_checkpoint
+from tests.support.api import LiveServer, api_settings, install_model, live_server
+from tests.support.engines import ScriptedEngineFactory
 from tests.support.env import clear_edgecap_variables, edgecap_variables
 
 # -- isolation -------------------------------------------------------------------------------
@@ -84,3 +87,16 @@ def tiny_model_files(tiny_gguf: tuple[Path, Path]) -> ModelFiles:
     """The converted tiny model as ``ModelFiles`` (random weights), for Engine and services."""
     text, mmproj = tiny_gguf
     return ModelFiles(id="edgecap-tiny-random", text=text, mmproj=mmproj, random_weights=True)
+
+
+# -- a live API server on the scripted engine ----------------------------------------------
+
+
+@pytest.fixture
+def slow_server(tmp_path: Path) -> Iterator[LiveServer]:
+    """One task at a time, a queue of one, and sync waits of half a second."""
+    settings = api_settings(tmp_path / "home", queue_size=1, sync_timeout_s=0.5, parallel=1)
+    factory = ScriptedEngineFactory(tmp_path / "calls.log")
+    with live_server(settings, factory, install_model(settings)) as server:
+        server.wait_ready()
+        yield server

@@ -343,16 +343,6 @@ def test_health_readiness_metrics_and_docs(server: LiveServer) -> None:
 # ---------------------------------------------------------------------------- limits
 
 
-@pytest.fixture
-def slow_server(tmp_path: Path) -> Iterator[LiveServer]:
-    """One task at a time, a queue of one, and sync waits of half a second."""
-    settings = api_settings(tmp_path / "home", queue_size=1, sync_timeout_s=0.5, parallel=1)
-    factory = ScriptedEngineFactory(tmp_path / "calls.log")
-    with live_server(settings, factory, install_model(settings)) as server:
-        server.wait_ready()
-        yield server
-
-
 def test_sync_timeout_is_504_and_the_task_goes_on(slow_server: LiveServer) -> None:
     task = caption_task(b64(png_bytes()), prompt="sleep:1")
     answer = post(slow_server, [task])

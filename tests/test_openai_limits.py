@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -215,16 +214,6 @@ def test_an_uploaded_image_is_used_by_its_uuid(server: LiveServer) -> None:
 
 
 # ---------------------------------------------------------------------------- the queue
-
-
-@pytest.fixture
-def slow_server(tmp_path: Path) -> Iterator[LiveServer]:
-    """One task at a time, a queue of one, and sync waits of half a second."""
-    settings = api_settings(tmp_path / "home", queue_size=1, sync_timeout_s=0.5, parallel=1)
-    factory = ScriptedEngineFactory(tmp_path / "calls.log")
-    with live_server(settings, factory, install_model(settings)) as server:
-        server.wait_ready()
-        yield server
 
 
 def test_the_same_queue_and_timeout_as_captions(slow_server: LiveServer) -> None:
