@@ -73,7 +73,9 @@ def test_serve_logs_requeue_engine_and_delivery_as_json_lines(
     receiver = Receiver([])
     task_uuid = seed_unfinished_task(home, receiver.url("/hook"))
     env = child_env(
-        EDGECAP_HOME=str(home), EDGECAP_N_THREADS="2", EDGECAP_URL_ALLOWLIST='["127.0.0.1"]'
+        EDGECAP_HOME=str(home),
+        EDGECAP_N_THREADS="2",
+        EDGECAP_DELIVERY_ALLOWLIST='["127.0.0.1"]',  # the webhook receiver is on loopback
     )
     command = [sys.executable, "-m", "edgecap", "serve", "--port", str(free_port())]
     command += ["--log-format", "json", "--log-level", "info"]
