@@ -122,6 +122,7 @@ def test_an_image_fetch_has_a_total_deadline(tmp_path: Path, trickler: Any, mode
     assert "took longer than 2 s" in result.message
 
 
+@pytest.mark.slow  # seconds of real deadlines and process kills: not the unit tier
 def test_a_webhook_and_an_upload_put_have_a_total_deadline(tmp_path: Path, trickler: Any) -> None:
     slow = trickler("headers")
     for kind in ("webhook", "upload"):
@@ -131,6 +132,7 @@ def test_a_webhook_and_an_upload_put_have_a_total_deadline(tmp_path: Path, trick
         assert "took longer than 2 s" in result.message
 
 
+@pytest.mark.slow  # seconds of real deadlines and process kills: not the unit tier
 def test_concurrent_fetches_are_bounded(tmp_path: Path, trickler: Any) -> None:
     slow = trickler("headers")
     settings = settings_for(tmp_path, max_concurrent_fetches=1, fetch_timeout_s=2.0)
@@ -189,6 +191,7 @@ def _queue_deliveries(store: TaskStore, outgoing: list[Outgoing]) -> None:
 # ---------------------------------------------------------------- 5: a deadline per task
 
 
+@pytest.mark.slow  # seconds of real deadlines and process kills: not the unit tier
 def test_a_task_past_its_deadline_is_killed_and_the_worker_recovers(tmp_path: Path) -> None:
     worker = Worker(ScriptedEngineFactory(tmp_path / "engine.log"))
     worker.start()

@@ -64,6 +64,7 @@ def noise_png(side: int) -> bytes:
     return buffer.getvalue()
 
 
+@pytest.mark.slow  # seconds of real deadlines and process kills: not the unit tier
 def test_a_full_disk_is_a_retrievable_507_that_survives_a_restart(small_disk: Path) -> None:
     import httpx
 

@@ -168,6 +168,7 @@ def test_serve_warns_that_api_key_flags_are_visible_to_local_users(
     assert "--api-key-file" in err and "/proc" in err
 
 
+@pytest.mark.slow  # seconds of real deadlines and process kills: not the unit tier
 def test_a_worker_deadline_fails_the_task_with_a_clear_error(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, task_timeout_s=1.0)
     service = TaskService(settings, ScriptedEngineFactory(tmp_path / "engine.log"))

@@ -265,6 +265,7 @@ def test_a_multi_image_task_is_refused_whole_when_the_queue_lacks_room(
     assert missing.status_code == 404
 
 
+@pytest.mark.slow  # seconds of real deadlines and process kills: not the unit tier
 def test_webhooks_carry_a_stable_delivery_id_and_an_hmac_signature(keyed: LiveServer) -> None:
     receiver = Receiver([500, 200])  # the first attempt fails: the retry has the same id
     try:
