@@ -375,3 +375,18 @@ def test_when_no_node_has_the_model_the_run_says_how_to_put_it_there(
     ), done.stderr
     assert "The Ray run stopped" not in done.stderr  # no pipeline was started
     assert not out.exists() or out.read_text() == ""
+
+
+def test_more_cpus_per_engine_than_any_node_has_is_refused_not_left_waiting(
+    tiny_model_files: ModelFiles, cluster: Cluster, dozen: Path, tmp_path: Path
+) -> None:
+    install_tiny(tiny_model_files)
+    out = tmp_path / "ray.jsonl"
+    argv = [str(dozen), "--out", str(out), "--ray", cluster.address, "--cpus-per-engine", "2"]
+    done = edgecap(*argv)
+    assert (done.returncode, summary_lines(done.stderr)[-1]) == (
+        2,
+        "edgecap: error: --cpus-per-engine 2 is more CPUs than any node with the model has "
+        "(the most is 1): an engine would never start. Ask for fewer.",
+    ), done.stderr
+    assert not out.exists() or out.read_text() == ""

@@ -65,7 +65,7 @@ class RayOptions:
     """Where the cluster is and how many engines to run on it."""
 
     address: str | None = None  # None: start a local Ray; "auto", or "host:port"
-    engines: int | None = None  # default: as many as the cluster's CPUs allow
+    engines: int | None = None  # default: as many as the CPUs of the nodes with the model allow
     cpus_per_engine: int | None = None  # default: the smallest node's (of those with the model)
     object_store_memory: int | None = None  # only for a local Ray started here
 
@@ -222,8 +222,8 @@ def engine_shape(nodes: Sequence[Node], cluster: RayOptions) -> tuple[int, int]:
     cpus = cluster.cpus_per_engine or min(node_cpus)
     if cpus > max(node_cpus):
         raise InvalidParameter(
-            f"--cpus-per-engine {cpus} is more than any node with the model has (at most "
-            f"{max(node_cpus)} CPUs): an engine would never start. Ask for fewer."
+            f"--cpus-per-engine {cpus} is more CPUs than any node with the model has (the "
+            f"most is {max(node_cpus)}): an engine would never start. Ask for fewer."
         )
     engines = cluster.engines or max(1, sum(n // cpus for n in node_cpus))
     return engines, cpus
