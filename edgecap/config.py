@@ -113,8 +113,9 @@ class Settings(BaseSettings):
     mmproj_gpu: bool = True
     extra_buffers: bool | None = Field(
         None,
-        description="llama.cpp's extra CPU weight buffers (repacking, AMX). None = auto: off on "
-        "CPUs with AMX, whose quantized matmul crashes in this llama.cpp (llama.cpp #20824)",
+        description="llama.cpp's extra CPU weight buffers (repacking, AMX). None = auto: "
+        "measured once per model file (the faster way is kept in kernels.json); off on CPUs "
+        "with AMX, whose quantized matmul crashes in this llama.cpp (llama.cpp #20824)",
     )
     image_cache_entries: int = Field(32, ge=0)
     image_cache_dir: Path | None = Field(None, description="Persist image embeddings here")
