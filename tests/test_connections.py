@@ -169,6 +169,7 @@ def test_keep_alive_and_pipelined_requests_still_work(server: LiveServer) -> Non
     assert asyncio.run(pipelined()) == [200, 200, 200]
 
 
+@pytest.mark.slow  # seconds of real deadlines: not the unit tier
 def test_a_body_slower_than_the_header_deadline_is_still_read(server: LiveServer) -> None:
     """The header clock stops at the headers: a body may take ``body_timeout_s`` (60 s here),
     and the connection then serves the next request."""
@@ -190,6 +191,7 @@ def test_a_body_slower_than_the_header_deadline_is_still_read(server: LiveServer
     assert next_status == 200
 
 
+@pytest.mark.slow  # seconds of real deadlines: not the unit tier
 def test_a_websocket_stays_open_past_the_header_deadline(server: LiveServer) -> None:
     async def idle_then_ping() -> object:
         async with websockets.connect(server.ws_url, compression=None) as socket:

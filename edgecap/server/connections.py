@@ -35,7 +35,8 @@ def timeout_response(timeout_s: float) -> bytes:
         "(header_timeout_s / EDGECAP_HEADER_TIMEOUT_S). Check the connection.",
         parameter="headers",
     )
-    body = json.dumps(Reply.of_error(error, task_type=None, task_uuid=None).body()).encode()
+    reply = Reply.of_error(error, task_type=None, task_uuid=None)
+    body = json.dumps(reply.body(), separators=(",", ":")).encode()
     head = (
         "HTTP/1.1 408 Request Timeout\r\n"
         "content-type: application/json\r\n"
