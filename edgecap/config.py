@@ -113,8 +113,9 @@ class Settings(BaseSettings):
     mmproj_gpu: bool = True
     extra_buffers: bool | None = Field(
         None,
-        description="llama.cpp's extra CPU weight buffers (repacking, AMX). None = auto: off on "
-        "CPUs with AMX, whose quantized matmul crashes in this llama.cpp (llama.cpp #20824)",
+        description="llama.cpp's extra CPU weight buffers (repacking, AMX). None = auto: "
+        "measured once per model file (the faster way is kept in kernels.json); off on CPUs "
+        "with AMX, whose quantized matmul crashes in this llama.cpp (llama.cpp #20824)",
     )
     image_cache_entries: int = Field(32, ge=0)
     image_cache_dir: Path | None = Field(None, description="Persist image embeddings here")
@@ -153,6 +154,9 @@ class Settings(BaseSettings):
     )
     metrics_public: bool = Field(False, description="/metrics without a key even with keys set")
     max_connections: int = Field(1024, ge=1, description="uvicorn limit_concurrency")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="Deadline to receive a request's line and headers (408)"
+    )
     body_timeout_s: float = Field(60.0, gt=0, description="Deadline to receive a request body")
     ws_auth_timeout_s: float = Field(10.0, gt=0, description="Close unauthenticated idle sockets")
     ws_sessions_per_key: int = Field(32, ge=1)

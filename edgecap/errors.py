@@ -214,7 +214,8 @@ class TimeoutProvider(EdgecapError):
 
 
 class BodyTimeout(EdgecapError):
-    """The client did not send its body in time (a slow or stalled upload): 408, not 504."""
+    """The client did not send its request in time — its headers (slowloris) or its body (a
+    slow or stalled upload): 408, not 504."""
 
     code, status = "timeoutProvider", 408
 

@@ -170,6 +170,10 @@ def test_a_slow_receiver_starves_neither_others_nor_shutdown(tmp_path: Path, tri
         while len(fast.received) < 3:
             assert time.monotonic() < deadline, "the fast receiver was starved"
             time.sleep(0.05)
+        while slow.connections < 1:  # under load its sender may connect after the fast ones
+            assert time.monotonic() < deadline, "nothing was sent to the slow receiver"
+            time.sleep(0.05)
+        time.sleep(0.5)  # room for a second connection, which must not come
         assert slow.connections == 1  # one at a time to the slow destination
     finally:
         stopped = outcome(deliverer.stop)  # must not wait out the 30 s attempt in flight

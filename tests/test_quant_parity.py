@@ -11,7 +11,7 @@ Native crash: on CPUs with AMX (Sapphire Rapids and later) llama.cpp repacks Q8_
 weights into its AMX buffer, and in this build ``ggml_backend_amx_mul_mat`` crashes the process
 (SIGSEGV at ``ldtilecfg``) on any prefill of two or more tokens; see llama.cpp#20824 and the
 open fix ggml-org/llama.cpp#26954. The engine therefore turns llama.cpp's extra CPU buffer types
-off on AMX CPUs (``edgecap.engine.engine.use_extra_buffers``);
+off on AMX CPUs (``edgecap.engine.kernels.choose``);
 ``test_quantized_text_model_survives_a_prefill`` runs the engine as shipped in a child process,
 so a regression fails that test instead of taking pytest down.
 """

@@ -47,10 +47,13 @@ def describe_model(files: ModelFiles, settings: Settings) -> ModelCheck:
     )
 
 
-def model_on_this_node(check: ModelCheck, settings: Settings | None = None) -> ModelFiles:
+def model_on_this_node(
+    check: ModelCheck, settings: Settings | None = None, *, node: str | None = None
+) -> ModelFiles:
     """The files of ``check`` on this machine, their digests verified; else ModelNotReady.
 
-    ``settings`` (default: this node's environment) says where this node's registry is.
+    ``settings`` (default: this node's environment) says where this node's registry is;
+    ``node`` is how the message names this node (default: its host name).
     """
     if _holds(check, check.text, check.mmproj):
         return check.files(check.text, check.mmproj)
@@ -61,11 +64,20 @@ def model_on_this_node(check: ModelCheck, settings: Settings | None = None) -> M
     if here is not None and _holds(check, here.text, here.mmproj):
         return check.files(here.text, here.mmproj)
     raise ModelNotReady(
-        f"node {socket.gethostname()} does not have the model {check.id} (not at {check.text}, "
-        "nor with the same sha256 in its own registry): put the model files on storage every "
-        "node mounts at the same path, or copy a pack made by `edgecap models export "
-        f"{check.id} DIR` to this node and run `edgecap models import DIR` there.",
+        f"node {node or socket.gethostname()} does not have the model {check.id} (not at "
+        f"{check.text}, nor with the same sha256 in its own registry): "
+        f"{how_to_place(check.id)}",
         parameter="model",
+    )
+
+
+def how_to_place(model_id: str, *, every_node: bool = False) -> str:
+    """The two ways to put a model on a node (or on every node), as an instruction."""
+    where, there = ("every node", "on each") if every_node else ("this node", "there")
+    return (
+        "put the model files on storage every node mounts at the same path, or copy a pack "
+        f"made by `edgecap models export {model_id} DIR` to {where} and run `edgecap models "
+        f"import DIR` {there}."
     )
 
 

@@ -7,11 +7,15 @@ Data pipeline: :func:`read_images` tasks read, decode and resize images on the c
 :class:`EngineActor` s (one model each, ``num_cpus`` = ``--cpus-per-engine``) caption them;
 results stream back to the driver, which stores each one as it arrives.
 
+Before the pipeline, each node is checked for the model (:mod:`edgecap.batch.ray_nodes`): a
+node without it is reported once with the fix-it message and left out, and the engines run only
+on the nodes that have it (none: the run stops before it starts, exit 2).
+
 Fault tolerance is Ray's: an engine actor that dies (SIGKILL, OOM) is restarted
 (``max_restarts``) and the batch it held is retried (``max_task_retries``); the driver writes only
-what comes back, so nothing is written twice. An actor that cannot find the model (by digest)
-fails its start with the fix-it message; Ray Data replaces it, and fails the run only when
-actors keep dying before any starts.
+what comes back, so nothing is written twice. An actor that cannot find the model (by digest:
+deleted since the check) fails its start with the fix-it message; Ray Data replaces it, and fails
+the run only when actors keep dying before any starts.
 """
 
 from __future__ import annotations
@@ -30,10 +34,19 @@ from edgecap.batch.journal import Ledger, image_key, job_identity
 from edgecap.batch.model_check import ModelCheck, model_on_this_node
 from edgecap.batch.options import CaptionOptions, RunOptions
 from edgecap.batch.outcomes import AlreadyDone, Captioned, Failed, Outcome, Summary
+from edgecap.batch.ray_nodes import (
+    Node,
+    Notice,
+    alive_nodes,
+    nodes_with_model,
+    only_on,
+    ray_reason,
+    this_node,
+)
 from edgecap.batch.run import OnOutcome, existing_sidecar, refuse_sidecar, sidecar_owners
 from edgecap.batch.sources import ImageItem
 from edgecap.config import Settings
-from edgecap.errors import DependencyError, EdgecapError
+from edgecap.errors import DependencyError, EdgecapError, InvalidParameter
 from edgecap.protocol import result_item
 from edgecap.records import CaptionResult
 from edgecap.registry.digests import sha256_file
@@ -52,8 +65,8 @@ class RayOptions:
     """Where the cluster is and how many engines to run on it."""
 
     address: str | None = None  # None: start a local Ray; "auto", or "host:port"
-    engines: int | None = None  # default: as many as the cluster's CPUs allow
-    cpus_per_engine: int | None = None  # default: the CPUs of the smallest node
+    engines: int | None = None  # default: as many as the CPUs of the nodes with the model allow
+    cpus_per_engine: int | None = None  # default: the smallest node's (of those with the model)
     object_store_memory: int | None = None  # only for a local Ray started here
 
 
@@ -88,11 +101,13 @@ def caption_on_ray(
     cluster: RayOptions,
     *,
     on_outcome: OnOutcome | None = None,
+    on_notice: Notice | None = None,
 ) -> Summary:
     """Caption ``items`` on a Ray cluster; report each outcome as it arrives; return the counts.
 
     The same outcomes, records and resume as :func:`edgecap.batch.caption_many`, in the order
-    the cluster finishes them.
+    the cluster finishes them. Each node left out for lacking the model is told to
+    ``on_notice`` (default: a logged warning).
     """
     ray = import_ray()
     job = job_identity(model.id, settings, options)
@@ -109,7 +124,8 @@ def caption_on_ray(
         if todo:
             _connect(ray, cluster)
             try:
-                engines, cpus = engine_shape(ray, cluster)
+                nodes = nodes_with_model(ray, alive_nodes(ray), model, on_notice)
+                engines, cpus = engine_shape(nodes, cluster)
                 engines = min(engines, len(todo))
                 urls = any(image.path is None for image in todo)
                 done = ledger.done_keys if urls else frozenset()
@@ -117,13 +133,14 @@ def caption_on_ray(
                 context = ray.data.DataContext.get_current()
                 context.max_consecutive_actor_init_deaths = INIT_DEATHS_PER_ENGINE * engines
                 try:
-                    for row in _pipeline(ray, todo, spec, engines, cpus).iter_rows():
+                    pipeline = _pipeline(ray, todo, spec, nodes, engines)
+                    for row in pipeline.iter_rows():
                         outcome = _outcome(pickle.loads(row["out"]), todo, spec, run)
                         if isinstance(outcome, Captioned):
                             ledger.store(outcome, image_key(job, outcome.image, outcome.sha256))
                         report(outcome)
                 except ray.exceptions.RayError as exc:
-                    raise EdgecapError(f"The Ray run stopped: {_reason(exc)}") from exc
+                    raise EdgecapError(f"The Ray run stopped: {ray_reason(exc)}") from exc
             finally:
                 ray.shutdown()
     finally:
@@ -162,15 +179,6 @@ def _triage(
     return todo
 
 
-def _reason(exc: Exception) -> str:
-    """The line of a Ray error that says what went wrong: edgecap's own message if there is one."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    ours = [line for line in lines if line.startswith("edgecap.errors.")]
-    if ours:
-        return ours[-1].split(": ", 1)[-1]
-    return lines[-1] if lines else type(exc).__name__
-
-
 def _file_key(job: str, image: ImageItem) -> str | None:
     if image.path is None:
         return None  # a URL: its content is known once a read task fetched it
@@ -207,18 +215,25 @@ def _connect(ray: Any, cluster: RayOptions) -> None:
     logging.getLogger("ray.data.exceptions").setLevel(logging.CRITICAL)  # its full stack trace
 
 
-def engine_shape(ray: Any, cluster: RayOptions) -> tuple[int, int]:
-    """``(engines, cpus per engine)``: as asked, else filling the cluster's CPUs."""
-    node_cpus = [int(node["Resources"].get("CPU", 0)) for node in ray.nodes() if node.get("Alive")]
-    node_cpus = [cpus for cpus in node_cpus if cpus > 0] or [1]
+def engine_shape(nodes: Sequence[Node], cluster: RayOptions) -> tuple[int, int]:
+    """``(engines, cpus per engine)``: as asked, else filling the CPUs of ``nodes`` (those
+    with the model)."""
+    node_cpus = [node.cpus for node in nodes]
     cpus = cluster.cpus_per_engine or min(node_cpus)
+    if cpus > max(node_cpus):
+        raise InvalidParameter(
+            f"--cpus-per-engine {cpus} is more CPUs than any node with the model has (the "
+            f"most is {max(node_cpus)}): an engine would never start. Ask for fewer."
+        )
     engines = cluster.engines or max(1, sum(n // cpus for n in node_cpus))
     return engines, cpus
 
 
-def _pipeline(ray: Any, todo: list[ImageItem], spec: _Job, engines: int, cpus: int) -> Any:
-    """from_items -> read tasks -> engine actors. An engine takes ``cpus`` less what one read
-    task takes, so a read can always run beside it on its node."""
+def _pipeline(
+    ray: Any, todo: list[ImageItem], spec: _Job, nodes: Sequence[Node], engines: int
+) -> Any:
+    """from_items -> read tasks -> engine actors, only on ``nodes``. An engine takes its CPUs
+    less what one read task takes, so a read can always run beside it on its node."""
     rows = [{"item": pickle.dumps((index, image))} for index, image in enumerate(todo)]
     dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
     loaded = dataset.map_batches(
@@ -236,7 +251,8 @@ def _pipeline(ray: Any, todo: list[ImageItem], spec: _Job, engines: int, cpus: i
             fn_constructor_kwargs={"spec": spec},
             batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=engines),
-            num_cpus=cpus - READ_CPUS,
+            num_cpus=spec.threads - READ_CPUS,
+            label_selector=only_on(nodes),
             num_gpus=1 if gpu_build() else None,
             max_restarts=RESTARTS,
             max_task_retries=TASK_RETRIES,
@@ -288,7 +304,7 @@ class EngineActor:
         from edgecap.engine.engine import Engine
 
         self.spec = spec
-        files = model_on_this_node(spec.model)
+        files = model_on_this_node(spec.model, node=this_node())
         settings = spec.settings.model_copy(update={"n_threads": spec.threads})
         self.engine = Engine(files, settings)
 

@@ -300,7 +300,14 @@ def _on_ray(
     with _progress(len(items)) as bar:
         check = describe_model(model, settings)
         return caption_on_ray(
-            items, check, settings, options, run_options, cluster, on_outcome=_shown(bar, renderer)
+            items,
+            check,
+            settings,
+            options,
+            run_options,
+            cluster,
+            on_outcome=_shown(bar, renderer),
+            on_notice=say,
         )
 
 

@@ -167,12 +167,22 @@ def check_versions() -> Check:
     return Check("versions", "ok", detail, data=data)
 
 
+EXTRA_BUFFERS_DETAIL = {
+    "on": "extra CPU weight buffers on (EDGECAP_EXTRA_BUFFERS)",
+    "off": "extra CPU weight buffers off (EDGECAP_EXTRA_BUFFERS, or AMX: crash in this llama.cpp, "
+    "#20824)",
+    "measured": "weight repacking (extra CPU buffers) measured per model file at first load, "
+    "the faster way kept (kernels.json; EDGECAP_EXTRA_BUFFERS overrides)",
+}
+
+
 def check_backend(settings: Settings) -> Check:
-    from edgecap.engine.engine import use_extra_buffers
+    from edgecap.engine import kernels
     from edgecap.engine.hardware import detect_backend
 
     backend = detect_backend()
     devices = ggml_devices()
+    extra = kernels.policy(settings)
     simd = [f for f in SIMD_FEATURES if f in backend.features]
     data = {
         "backend": backend.name,
@@ -180,16 +190,13 @@ def check_backend(settings: Settings) -> Check:
         "devices": devices,
         "simd": simd,
         "system_info": backend.system_info.strip(),
-        "extra_cpu_buffers": use_extra_buffers(settings),
+        "extra_cpu_buffers": extra,
+        "extra_cpu_buffers_measured": kernels.remembered(settings),
     }
     offload = "GPU offload" if backend.gpu_offload else "no GPU offload"
     shown = ", ".join(f"{d['name']} ({d['description']})" for d in devices) or "not reported"
     detail = f"{backend.name}, {offload}; devices: {shown}; SIMD: {' '.join(simd) or 'none'}"
-    if not data["extra_cpu_buffers"]:
-        detail += (
-            "; extra CPU weight buffers off (AMX crash in this llama.cpp, #20824; "
-            "EDGECAP_EXTRA_BUFFERS overrides)"
-        )
+    detail += "; " + EXTRA_BUFFERS_DETAIL[extra]
     if platform.machine().lower() in {"x86_64", "amd64"} and "AVX2" not in simd:
         fix = (
             "this llama.cpp build uses no AVX2, so captions are very slow: rebuild "

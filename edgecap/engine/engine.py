@@ -31,9 +31,9 @@ import numpy as np
 from llama_cpp._internals import LlamaContext, LlamaModel
 
 from edgecap.config import PIXELS_PER_TOKEN, Settings
-from edgecap.engine import gguf_check, llama_log
+from edgecap.engine import gguf_check, kernels, llama_log
 from edgecap.engine.cache import EmbeddingCache, file_fingerprint
-from edgecap.engine.hardware import detect_backend, physical_cores
+from edgecap.engine.hardware import physical_cores
 from edgecap.engine.prefill import N_BATCH, PromptEvaluator
 from edgecap.engine.prompt import ChatTemplate
 from edgecap.engine.scheduler import Scheduler
@@ -44,18 +44,10 @@ K = TypeVar("K")
 NOT_READY_POLL_S = 0.01  # how often an idle stream_many asks again for a request not ready
 
 N_SLOTS = 4  # sequences sharing the context (each keeps its own prefix cache)
-
-
-def use_extra_buffers(settings: Settings) -> bool:
-    """Whether llama.cpp may move weights into its extra CPU buffer types.
-
-    On CPUs with AMX, this llama.cpp puts quantized weights in its AMX buffer, whose matmul
-    segfaults (ldtilecfg; llama.cpp #20824, fix pending upstream): every Q4_K_M/Q8_0 prompt would
-    kill the process. So the default is off there, at the cost of weight repacking.
-    """
-    if settings.extra_buffers is not None:
-        return settings.extra_buffers
-    return "AMX_INT8" not in detect_backend().features
+# Tokens per llama.cpp micro-batch. Its compute buffer holds logits for every token of one
+# (152k floats each: 311 MB at 512, 156 MB at 256), and prefill is no slower at 256 (measured
+# on the bench preset: 2.8 s vs 2.9 s of CPU for 1,024 tokens); batches of N_BATCH are split.
+N_UBATCH = 256
 
 
 class Engine:
@@ -77,7 +69,8 @@ class Engine:
         llama_cpp.llama_backend_init()
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = 999 if settings.n_gpu_layers < 0 else settings.n_gpu_layers
-        mparams.use_extra_bufts = use_extra_buffers(settings)
+        self.kernels = kernels.choose(model.text, settings)
+        mparams.use_extra_bufts = self.kernels.extra_buffers
         try:
             self._model = LlamaModel(path_model=str(model.text), params=mparams, verbose=False)
         except ValueError as exc:
@@ -89,7 +82,7 @@ class Engine:
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx = self.n_ctx
         cparams.n_batch = N_BATCH
-        cparams.n_ubatch = N_BATCH
+        cparams.n_ubatch = N_UBATCH
         cparams.n_seq_max = N_SLOTS
         cparams.kv_unified = True  # slots share one pool of cells
         cparams.n_threads = threads

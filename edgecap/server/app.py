@@ -25,6 +25,7 @@ from edgecap.protocol import Reply, unexpected_error
 from edgecap.registry import Registry
 from edgecap.runtime.service import TaskService
 from edgecap.server.auth import ApiKeys
+from edgecap.server.connections import header_deadline_protocol
 from edgecap.server.guards import Guards
 from edgecap.server.handlers import Context
 from edgecap.server.metrics import Metrics
@@ -53,6 +54,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "limit_concurrency": settings.max_connections,
         "timeout_keep_alive": 5,
         "h11_max_incomplete_event_size": 64 * 1024,  # request line + headers
+        "http": header_deadline_protocol(settings.header_timeout_s),  # ... within a deadline
     }
 
 

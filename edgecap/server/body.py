@@ -65,7 +65,7 @@ class BodyReader:
         return bytes(self.data)
 
 
-async def read_body(request: Request, limit: int, timeout_s: float = 60.0) -> bytes:
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     """The request body, refusing more than ``limit`` bytes (413) before reading it all, and
     a body not received within ``timeout_s`` (408)."""
     return await BodyReader(request, limit, timeout_s).read()

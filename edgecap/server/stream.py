@@ -74,7 +74,9 @@ async def stream_caption(request: Request, ctx: Context) -> Response:
 
 
 async def _one_task(request: Request, ctx: Context) -> dict[str, Any]:
-    raw = decode_json(await read_body(request, ctx.settings.max_body_bytes))
+    raw = decode_json(
+        await read_body(request, ctx.settings.max_body_bytes, ctx.settings.body_timeout_s)
+    )
     if not isinstance(raw, dict):
         raise InvalidParameter(
             "POST /v1/stream takes one caption task object (not an array): "

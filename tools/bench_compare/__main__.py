@@ -10,7 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edgecap.config import Settings
 from edgecap.convert import quantize
+from edgecap.engine import kernels
 from tools.bench import build_model
 from tools.bench_compare import machine, markdown, report
 from tools.bench_compare.plan import CAPTION_SYSTEMS, SIZES, jobs, run_job
@@ -35,7 +37,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default="edgecap,mtmd-default,mtmd-flash",
         help=f"of {','.join(CAPTION_SYSTEMS)}",
     )
-    p.add_argument("--extras", default="encode,concurrent", help="encode,concurrent or none")
+    p.add_argument(
+        "--extras",
+        default="encode,concurrent,server,folder",
+        help="any of encode,concurrent,server,folder, or none",
+    )
     p.add_argument("--timeout", type=float, default=1800, help="seconds per child run")
     p.add_argument("--results", type=Path, help="runs file (JSON lines); default in --workdir")
     p.add_argument("--report-only", action="store_true", help="render --results, run nothing")
@@ -72,7 +78,11 @@ def model_files(args: argparse.Namespace) -> dict[str, Any]:
         * head_dim
         * 2
     )
+    home = args.workdir / "home"
+    choice = kernels.choose(files.text, Settings(home=home))
     return {
+        "kernels_record": str(home / "kernels.json"),
+        "extra_buffers": {"on": choice.extra_buffers, "why": choice.reason},
         "text": str(files.text),
         "mmproj": str(files.mmproj),
         "mmproj_bf16": str(files.mmproj),

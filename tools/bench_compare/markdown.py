@@ -26,6 +26,14 @@ def machine_lines(m: dict[str, Any]) -> list[str]:
     ]
 
 
+def kernel_lines(files: dict[str, Any]) -> list[str]:
+    choice = files.get("extra_buffers")
+    if not choice:
+        return []
+    way = "repacked (llama.cpp's extra CPU buffers)" if choice["on"] else "plain (not repacked)"
+    return [f"- text weights {way}, measured on this machine: {choice['why']}"]
+
+
 def caption_table(captions: dict[str, Any]) -> list[str]:
     lines = [
         "| system @ image tokens | caption s | same image, new prompt s | peak RSS MB | tokens |",
@@ -74,6 +82,18 @@ def concurrency_table(conc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def folder_lines(folder: dict[str, Any]) -> list[str]:
+    if not folder.get("folder_s"):
+        return ["- not run"]
+    return [
+        f"- 4 new 448×448 images, `edgecap caption DIR --out FILE` (model load included): "
+        f"{_s(folder['folder_s'])} s, {_s(folder['s_per_image'])} s per image, peak RSS "
+        f"{_s(folder.get('cli_peak_rss_mb'))} MB",
+        "- the same command again with `--resume` (nothing left to do): "
+        f"{_s(folder['resume_s'])} s",
+    ]
+
+
 def target_table(targets: list[dict[str, Any]]) -> list[str]:
     marks = {True: "met", False: "**not met**", None: "not measured"}
     lines = ["| target | measured | bound | |", "|---|---|---|---|"]
@@ -88,6 +108,7 @@ def render(summary: dict[str, Any]) -> str:
         "## Machine",
         "",
         *machine_lines(summary["machine"]),
+        *kernel_lines(summary["files"]),
         "",
         "## One caption and a new prompt about the same image",
         "",
@@ -102,6 +123,14 @@ def render(summary: dict[str, Any]) -> str:
         "## Concurrent requests through the batching engine",
         "",
         *concurrency_table(summary["concurrency"]),
+        "",
+        "## Concurrent requests through the server (HTTP, `POST /v1/chat/completions`)",
+        "",
+        *concurrency_table(summary.get("server", {})),
+        "",
+        "## A folder through the CLI",
+        "",
+        *folder_lines(summary.get("folder", {})),
         "",
         "## Targets of issue 8",
         "",

@@ -38,6 +38,7 @@ def jobs(files: dict[str, str], args: Any) -> Iterator[Job]:
         "threads": args.threads,
         "n_ctx": 8192,
         "seed": 1,
+        "kernels_record": files["kernels_record"],
     }
     for round_ in range(args.runs):
         for budget in args.budgets:
@@ -57,13 +58,15 @@ def jobs(files: dict[str, str], args: Any) -> Iterator[Job]:
             order = mmprojs if round_ % 2 == 0 else dict(reversed(mmprojs.items()))
             sizes = [SIZES[b] for b in args.encode_budgets]
             yield Job("encode", {**base, "system": "encode", "mmprojs": order, "sizes": sizes})
-        if "concurrent" in args.extras:
+        for extra in ("concurrent", "server"):
+            if extra not in args.extras:
+                continue
             for mode, tokens in (("same_image", 128), ("different_images", 64)):
                 yield Job(
-                    f"concurrent-{mode}",
+                    f"{extra}-{mode}",
                     {
                         **base,
-                        "system": "concurrent",
+                        "system": extra,
                         "mode": mode,
                         "tokens": tokens,
                         "size": SIZES[256],
@@ -71,6 +74,9 @@ def jobs(files: dict[str, str], args: Any) -> Iterator[Job]:
                         "seed": 20 + round_,
                     },
                 )
+        if "folder" in args.extras:
+            folder = {"system": "folder", "images": 4, "tokens": args.tokens, "size": SIZES[256]}
+            yield Job("folder", {**base, **folder, "seed": 30 + round_})
 
 
 def run_job(job: Job, timeout: float, log: Path) -> dict[str, Any]:

@@ -78,14 +78,14 @@ def encode_growth(encode: dict[str, dict[str, float]]) -> dict[str, Any]:
     return out
 
 
-def concurrency(runs: Runs) -> dict[str, dict[str, Any]]:
+def concurrency(runs: Runs, prefix: str = "concurrent-") -> dict[str, dict[str, Any]]:
     """Per mode and in-flight count: throughput spread and its ratio to one at a time."""
     out: dict[str, dict[str, Any]] = {}
     for name, items in runs.items():
         good = ok(items)
-        if not name.startswith("concurrent-") or not good:
+        if not name.startswith(prefix) or not good:
             continue
-        mode = name.removeprefix("concurrent-")
+        mode = name.removeprefix(prefix)
         levels = good[0]["in_flight"]
         out[mode] = {
             k: {
@@ -98,7 +98,8 @@ def concurrency(runs: Runs) -> dict[str, dict[str, Any]]:
                     ),
                     3,
                 ),
-                "peak_rss_mb": spread_of(good, "peak_rss_mb"),
+                "peak_rss_mb": spread_of(good, "server_peak_rss_mb")
+                or spread_of(good, "peak_rss_mb"),
             }
             for k in levels
         }
@@ -151,8 +152,9 @@ def targets(summary: dict[str, Any], budgets: list[int]) -> list[dict[str, Any]]
     """The issue's targets: each with its measured value, the bound, and met or not."""
     cap, conc = summary["captions"], summary["concurrency"]
     out = [
-        _row(what, conc.get(mode, {}).get("4", {}).get("ratio_to_1"), bound, ">=")
+        _row(f"{what} ({path})", table.get(mode, {}).get("4", {}).get("ratio_to_1"), bound, ">=")
         for what, mode, bound in CONCURRENCY_TARGETS
+        for path, table in (("engine", conc), ("HTTP server", summary.get("server", {})))
     ]
     for budget in budgets:
         for what, key, other, bound in CAPTION_TARGETS:
@@ -210,6 +212,11 @@ def summarize(
         "captions": captions(runs),
         "encode": encodes(runs),
         "concurrency": concurrency(runs),
+        "server": concurrency(runs, "server-"),
+        "folder": {
+            key: spread_of(ok(runs.get("folder", [])), key)
+            for key in ("folder_s", "resume_s", "s_per_image", "cli_peak_rss_mb")
+        },
         "errors": {
             k: [r["error"] for r in v if "error" in r]
             for k, v in runs.items()

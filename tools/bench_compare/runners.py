@@ -13,7 +13,6 @@ import base64
 import json
 import resource
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from functools import partial
@@ -25,6 +24,7 @@ from edgecap.engine.engine import Engine
 from edgecap.inputs.images import load_image
 from edgecap.records import CaptionRequest, CaptionResult, ModelFiles, Sampling
 from tools.bench_batching import PROMPTS, png, timed
+from tools.bench_compare.service_runners import bench_home, folder_cli, server_concurrent
 
 Spec = dict[str, Any]
 
@@ -37,7 +37,7 @@ def size_of(spec: Spec) -> tuple[int, int]:
 def _engine(spec: Spec, mmproj: str | None = None) -> tuple[Engine, Settings]:
     width, height = size_of(spec)
     settings = Settings(
-        home=Path(tempfile.mkdtemp(prefix="edgecap-bench-cmp-")),
+        home=bench_home(spec, register=False),
         n_threads=spec["threads"],
         max_pixels=width * height,
     )
@@ -161,6 +161,8 @@ RUNNERS: dict[str, Callable[[Spec], dict[str, Any]]] = {
     "mtmd": mtmd_caption,
     "encode": edgecap_encode,
     "concurrent": edgecap_concurrent,
+    "server": server_concurrent,
+    "folder": folder_cli,
 }
 
 

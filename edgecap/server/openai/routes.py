@@ -76,7 +76,7 @@ def make_openai_router(ctx: Context) -> APIRouter:
 
 
 async def _json(request: Request, ctx: Context) -> Any:
-    body = await read_body(request, ctx.settings.max_body_bytes)
+    body = await read_body(request, ctx.settings.max_body_bytes, ctx.settings.body_timeout_s)
     try:
         if len(body) > THREADPOOL_JSON_BYTES:
             return await run_in_threadpool(decode_json, body)
