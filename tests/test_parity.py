@@ -18,6 +18,7 @@ from edgecap.inputs.images import load_image
 from edgecap.records import CaptionRequest, ModelFiles, Sampling
 from tests.support.env import require
 from tests.support.images import encoded, synthetic_photo
+from tools.hf_reference import load_reference
 
 TEXT_PROMPTS = [
     "Hello! How are you today?",
@@ -31,39 +32,9 @@ IMAGE_SIZES = [(56, 56), (112, 84), (84, 196), (224, 140)]
 
 @pytest.fixture(scope="module")
 def reference(tiny_checkpoint: Path):
-    torch, transformers = require("torch"), require("transformers")
-    model = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        tiny_checkpoint, torch_dtype=torch.float32
-    ).eval()
-    # Not AutoProcessor: it insists on torchvision (for video), which has no CPU wheel that
-    # imports beside torch 2.13 here. Tokenizer + slow image processor is the same pipeline.
-    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_checkpoint)
-    image_processor = transformers.AutoImageProcessor.from_pretrained(
-        tiny_checkpoint, use_fast=False
-    )
-    return model, Processor(tokenizer, image_processor)
-
-
-class Processor:
-    """What Qwen2_5_VLProcessor does for one image: expand <|image_pad|> to the image's tokens."""
-
-    def __init__(self, tokenizer, image_processor) -> None:
-        self.tokenizer = tokenizer
-        self.image_processor = image_processor
-
-    def apply_chat_template(self, messages, **kwargs):
-        return self.tokenizer.apply_chat_template(messages, **kwargs)
-
-    def __call__(self, text: list[str], images=None, return_tensors: str = "pt") -> dict:
-        inputs: dict = {}
-        prompt = text[0]
-        if images:
-            pixels = self.image_processor(images=images, return_tensors=return_tensors)
-            inputs.update(pixels)
-            n_tokens = int(pixels["image_grid_thw"][0].prod()) // 4
-            prompt = prompt.replace("<|image_pad|>", "<|image_pad|>" * n_tokens, 1)
-        inputs.update(self.tokenizer([prompt], return_tensors=return_tensors))
-        return dict(inputs)
+    torch = require("torch")
+    require("transformers")
+    return load_reference(tiny_checkpoint, torch.float32)
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +50,7 @@ def reference_logits(reference, prompt: str, image: Image.Image | None) -> np.nd
     content: list[dict] = [{"type": "image"}] if image is not None else []
     content.append({"type": "text", "text": prompt})
     text = processor.apply_chat_template(
-        [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+        [{"role": "user", "content": content}], add_generation_prompt=True
     )
     inputs = processor(text=[text], images=[image] if image is not None else None,
                        return_tensors="pt")  # fmt: skip
@@ -134,7 +105,7 @@ def test_greedy_generation_after_an_image_matches_reference(reference, engine: E
     image = synthetic_photo(112, 84, seed=3)
     content = [{"type": "image"}, {"type": "text", "text": "Describe this image."}]
     text = processor.apply_chat_template(
-        [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+        [{"role": "user", "content": content}], add_generation_prompt=True
     )
     inputs = processor(text=[text], images=[image], return_tensors="pt")
     with require("torch").no_grad():

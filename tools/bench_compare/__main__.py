@@ -18,6 +18,7 @@ from tools.bench_compare import machine, markdown, report
 from tools.bench_compare.plan import CAPTION_SYSTEMS, SIZES, jobs, run_job
 
 DOC_HEAD = Path(__file__).with_name("doc_head.md")
+DOC_TAIL = Path(__file__).with_name("doc_tail.md")  # notes on the recorded run, kept by hand
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -119,7 +120,9 @@ def write_docs(summary: dict[str, Any], out: Path) -> None:
     (out / "benchmarks.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     report.chart(summary, out / "benchmarks.png")
     head = DOC_HEAD.read_text(encoding="utf-8") if DOC_HEAD.exists() else "# Benchmarks\n"
-    (out / "benchmarks.md").write_text(head + "\n" + markdown.render(summary), encoding="utf-8")
+    tail = DOC_TAIL.read_text(encoding="utf-8") if DOC_TAIL.exists() else ""
+    text = head + "\n" + markdown.render(summary) + ("\n" + tail if tail else "")
+    (out / "benchmarks.md").write_text(text, encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,16 +15,17 @@ from tools.bench_batching import PROMPTS, png
 def transformers_caption(spec: dict[str, Any]) -> dict[str, Any]:
     """Qwen2.5-VL in ``spec["dtype"]``, greedy, exactly ``spec["tokens"]`` new tokens."""
     import torch
-    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    from tools.hf_reference import load_reference
 
     torch.set_num_threads(spec["threads"])
     checkpoint = Path(spec["text"]).parents[1] / "hf"
     width, height = (int(v) for v in spec["size"].split("x"))
-    processor = AutoProcessor.from_pretrained(
-        checkpoint, min_pixels=width * height, max_pixels=width * height
-    )
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        checkpoint, torch_dtype=getattr(torch, spec["dtype"])
+    model, processor = load_reference(
+        checkpoint,
+        getattr(torch, spec["dtype"]),
+        min_pixels=width * height,
+        max_pixels=width * height,
     )
     image = Image.open(io.BytesIO(png(spec["seed"], (width, height)))).convert("RGB")
 
