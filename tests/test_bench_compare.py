@@ -50,6 +50,14 @@ def fake_runs(tmp_path: Path) -> report.Runs:
         },
         {"name": "concurrent-same_image", **concurrent(10.0, 25.0)},
         {"name": "concurrent-different_images", **concurrent(10.0, 11.0)},
+        {"name": "server-same_image", **concurrent(10.0, 14.0), "server_peak_rss_mb": 1900.0},
+        {
+            "name": "folder",
+            "folder_s": 20.0,
+            "resume_s": 2.0,
+            "s_per_image": 5.0,
+            "cli_peak_rss_mb": 1800.0,
+        },
     ]
     path = tmp_path / "runs.jsonl"
     path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
@@ -65,10 +73,15 @@ def test_summary_takes_medians_and_judges_each_target(tmp_path: Path) -> None:
         "n": 2,
     }
     assert summary["errors"] == {"mtmd-flash@256": ["timed out after 5 s"]}
-    met = {t["target"].split(":")[0]: (t["value"], t["met"]) for t in summary["targets"]}
-    assert met["4 concurrent, same image, 128 tokens"] == (2.5, True)
-    assert met["4 concurrent, different 448x448 images, 64 tokens"] == (1.1, False)
-    ratios = [(t["value"], t["met"]) for t in summary["targets"][2:6]]
+    met = {
+        (t["target"].split(": ")[0], "HTTP" in t["target"]): (t["value"], t["met"])
+        for t in summary["targets"]
+    }
+    assert met["4 concurrent, same image, 128 tokens", False] == (2.5, True)
+    assert met["4 concurrent, same image, 128 tokens", True] == (1.4, False)
+    assert met["4 concurrent, different 448x448 images, 64 tokens", False] == (1.1, False)
+    assert met["4 concurrent, different 448x448 images, 64 tokens", True] == (None, None)
+    ratios = [(t["value"], t["met"]) for t in summary["targets"][4:8]]
     # 11/11 vs flash, 11/30 vs defaults; same image 0.75/30 vs defaults, 0.75/11 vs flash
     assert ratios == [(1.0, True), (0.367, True), (0.025, True), (0.068, True)]
     projector = next(t for t in summary["targets"] if t["target"].startswith("recommended"))
@@ -83,6 +96,8 @@ def test_markdown_has_every_table_and_the_failures(tmp_path: Path) -> None:
     assert "| 1024 | 8.00 | 9.00 | 1.12 |" in text
     assert "| same image | 4 |" in text and "**not met**" in text
     assert "mtmd-flash@256: ['timed out after 5 s']" in text
+    assert "| same image | 4 | 10.00 | 14.00 | 1.40 | 1900.00 |" in text  # through HTTP
+    assert "20.00 s, 5.00 s per image, peak RSS 1800.00 MB" in text
 
 
 def test_chart_is_written(tmp_path: Path) -> None:
