@@ -14,8 +14,7 @@ import httpx
 import pytest
 import websockets
 
-from tests.support.api import LiveServer, api_settings, install_model, live_server
-from tests.support.engines import ScriptedEngineFactory
+from tests.support.api import LiveServer, api_settings, scripted_server
 from tests.support.waiting import wait_until
 
 HEADER_TIMEOUT_S = 1.0
@@ -37,9 +36,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     settings = api_settings(
         home, header_timeout_s=HEADER_TIMEOUT_S, max_connections=MAX_CONNECTIONS
     )
-    factory = ScriptedEngineFactory(home / "engine.log")
-    with live_server(settings, factory, install_model(settings)) as live:
-        live.wait_ready()
+    with scripted_server(settings) as live:
         yield live
 
 
@@ -47,8 +44,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 def quick_body(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     home = tmp_path_factory.mktemp("quick-body")
     settings = api_settings(home, body_timeout_s=1.0)
-    factory = ScriptedEngineFactory(home / "engine.log")
-    with live_server(settings, factory, install_model(settings)) as live:
+    with scripted_server(settings, ready=False) as live:
         yield live
 
 

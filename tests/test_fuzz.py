@@ -25,8 +25,7 @@ from edgecap.errors import EdgecapError
 from edgecap.inputs.images import load_image
 from edgecap.server.limits import decode_tasks
 from edgecap.server.schema import TASK_MODELS, parse_task
-from tests.support.api import LiveServer, api_settings, install_model, live_server
-from tests.support.engines import ScriptedEngineFactory
+from tests.support.api import LiveServer, api_settings, scripted_server
 
 FUZZ_EXAMPLES = int(os.environ.get("EDGECAP_FUZZ_EXAMPLES", "60"))
 COUNTS: dict[str, int] = {}
@@ -49,9 +48,7 @@ def counted(name: str) -> None:
 def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     home = tmp_path_factory.mktemp("fuzz")
     settings_ = api_settings(home, queue_size=1000, sync_timeout_s=30.0)
-    factory = ScriptedEngineFactory(home / "engine.log")
-    with live_server(settings_, factory, install_model(settings_)) as server:
-        server.wait_ready()
+    with scripted_server(settings_) as server:
         yield server
 
 

@@ -23,8 +23,13 @@ import websockets
 from PIL import Image
 
 from edgecap.server import ws as ws_module
-from tests.support.api import LiveServer, api_settings, install_model, live_server, new_uuid, post
-from tests.support.engines import ScriptedEngineFactory
+from tests.support.api import (
+    LiveServer,
+    api_settings,
+    new_uuid,
+    post,
+    scripted_server,
+)
 from tests.support.http import Receiver
 from tests.support.images import b64, data_uri, png_bytes
 
@@ -57,9 +62,7 @@ def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         upload_quota_bytes_per_key=60_000,
         webhook_secret="hook-secret",
     )
-    factory = ScriptedEngineFactory(home / "engine.log")
-    with live_server(settings, factory, install_model(settings)) as server:
-        server.wait_ready()
+    with scripted_server(settings) as server:
         yield server
 
 
@@ -68,9 +71,7 @@ def open_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     """No keys (the default): the cross-origin rules matter most here."""
     home = tmp_path_factory.mktemp("open")
     settings = api_settings(home, queue_size=2)
-    factory = ScriptedEngineFactory(home / "engine.log")
-    with live_server(settings, factory, install_model(settings)) as server:
-        server.wait_ready()
+    with scripted_server(settings) as server:
         yield server
 
 

@@ -146,6 +146,19 @@ def live_server(
         server.stop()
 
 
+@contextmanager
+def scripted_server(settings: Settings, *, ready: bool = True) -> Iterator[LiveServer]:
+    """A started server on the scripted engine (its log beside the home), the model installed;
+    once the engine is up if ``ready``."""
+    from tests.support.engines import ScriptedEngineFactory
+
+    factory = ScriptedEngineFactory(settings.home / "engine.log")
+    with live_server(settings, factory, install_model(settings)) as server:
+        if ready:
+            server.wait_ready()
+        yield server
+
+
 def post(server: LiveServer, body: Any, **kwargs: Any) -> httpx.Response:
     """POST a body (JSON-encoded unless it is bytes) to the server's /v1."""
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
