@@ -187,3 +187,44 @@ def test_the_projector_advice_compares_the_installed_file(
     assert (files["status"], files["installed_mmproj_type"]) == ("ok", "f32")
     assert files["detail"].endswith("'s projector is f32")
     assert set(report["recommendations"]) == {"mmproj_type", "mmproj_reason"}
+
+
+def test_installed_f16_and_bf16_projectors_are_timed_against_the_advice(
+    tiny_checkpoint: Path,
+    tiny_model_files: ModelFiles,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Real encodes on the tiny model: one per projector type, the faster one reported."""
+    from edgecap.convert import convert
+    from edgecap.registry import Registry
+
+    registry = Registry(load_settings())
+    for kind in ("bf16", "f16"):
+        _, mmproj = convert(
+            tiny_checkpoint, tmp_path / kind, "f32", progress=False, mmproj_type=kind
+        )
+        registry.register_local(f"tiny-{kind}", tiny_model_files.text, mmproj)
+    _, lines, _ = run(capsys, "--output", "json", "--no-verify", "--measure-projectors")
+    report = json.loads("\n".join(lines))
+    check = next(c for c in report["checks"] if c["name"] == "projectors")
+    seconds = check["measured_encode_s"]
+    assert set(seconds) == {"bf16", "f16"} and all(s > 0 for s in seconds.values())
+    faster = min(seconds, key=seconds.__getitem__)
+    assert report["recommendations"]["measured_faster_mmproj_type"] == faster
+    assert report["recommendations"]["measured_encode_s"] == seconds
+    agrees = faster == recommend().mmproj_type
+    assert check["status"] == ("ok" if agrees else "warn")
+    assert f"{faster} is faster here" in check["detail"]
+
+
+def test_one_projector_type_is_nothing_to_measure(
+    tiny_model_files: ModelFiles, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edgecap.registry import Registry
+
+    Registry(load_settings()).register_local("tiny", tiny_model_files.text, tiny_model_files.mmproj)
+    code, lines, _ = run(capsys, "--no-verify", "--measure-projectors")
+    assert code == 0
+    (line,) = [line for line in lines if line.startswith("skip  projectors ")]
+    assert line.endswith(": no f16 or bf16 projector installed, nothing to compare")  # f32

@@ -22,7 +22,7 @@ from edgecap import __version__
 from edgecap.cli.demo import DEMO_MODEL, caption_sample
 from edgecap.cli.render import to_json
 from edgecap.config import Settings, load_settings
-from edgecap.engine.gguf_check import check_mmproj
+from edgecap.engine.gguf_check import check_mmproj, check_pair
 from edgecap.engine.hardware import physical_cores, recommend
 from edgecap.errors import EdgecapError, ModelNotReady
 from edgecap.registry import Registry
@@ -84,17 +84,26 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--no-verify", action="store_true", help="do not re-hash the default model's files"
     )
+    parser.add_argument(
+        "--measure-projectors",
+        action="store_true",
+        help="time one encode with each installed f16 and bf16 projector of the default model "
+        "(where both are installed) and check the recommendation against them",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     settings = load_settings()
     checks = diagnose(settings, smoke_model=args.smoke_model, verify=not args.no_verify)
+    if args.measure_projectors:
+        checks.append(_guarded("projectors", lambda: check_projectors(settings)))
     failed = [c for c in checks if c.status == "fail"]
     if args.output == "json":
+        measured = next((c.data for c in checks if c.name == "projectors"), {})
         report = {
             "ok": not failed,
-            "recommendations": recommendations(),
+            "recommendations": recommendations() | measured,
             "checks": [c.to_dict() for c in checks],
         }
         print(to_json(report, indent=2))
@@ -240,6 +249,43 @@ def check_files(settings: Settings) -> Check:
         )
         return Check("files", "warn", detail, fix, data)
     return Check("files", "ok", detail, data=data)
+
+
+def check_projectors(settings: Settings) -> Check:
+    """The default model's installed f16 and bf16 projectors, each timed on one encode."""
+    from edgecap.engine.encode_timing import encode_seconds
+
+    registry = Registry(settings)
+    default = registry.resolve(None)
+    projectors: dict[str, Any] = {}
+    for status in registry.list():
+        if not status.installed:
+            continue
+        files = registry.resolve(status.id)
+        file_type = check_mmproj(files.mmproj).file_type
+        kind = FILE_TYPE_NAMES.get(-1 if file_type is None else file_type)
+        if kind in ("f16", "bf16") and kind not in projectors:
+            try:
+                check_pair(default.text, files.mmproj)
+            except EdgecapError:
+                continue  # another model's projector
+            projectors[kind] = files.mmproj
+    if len(projectors) < 2:
+        have = f"only the {next(iter(projectors))}" if projectors else "no f16 or bf16"
+        detail = f"{default.id}: {have} projector installed, nothing to compare"
+        return Check("projectors", "skip", detail)
+    seconds = encode_seconds(default.text, projectors, settings)
+    faster = min(seconds, key=lambda k: seconds[k])
+    advised = recommend().mmproj_type
+    shown = ", ".join(f"{kind} {s:.2f} s" for kind, s in seconds.items())
+    detail = f"one 448×448 encode: {shown}; {faster} is faster here"
+    data = {"measured_encode_s": seconds, "measured_faster_mmproj_type": faster}
+    if faster != advised:
+        fix = (
+            f"this CPU measured {faster} faster, against the {advised} recommendation: use {faster}"
+        )
+        return Check("projectors", "warn", detail, fix, data)
+    return Check("projectors", "ok", detail + " (as recommended)", data=data)
 
 
 def check_models(settings: Settings, *, verify: bool) -> Check:
