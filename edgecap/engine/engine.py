@@ -31,7 +31,7 @@ import numpy as np
 from llama_cpp._internals import LlamaContext, LlamaModel
 
 from edgecap.config import PIXELS_PER_TOKEN, Settings
-from edgecap.engine import gguf_check, kernels, llama_log
+from edgecap.engine import gguf_check, kernels, llama_log, memory
 from edgecap.engine.cache import EmbeddingCache, file_fingerprint
 from edgecap.engine.hardware import physical_cores
 from edgecap.engine.prefill import N_BATCH, PromptEvaluator
@@ -78,6 +78,7 @@ class Engine:
                 f"llama.cpp could not load {model.text}: {llama_log.tail(3)}", parameter="model"
             ) from exc
         self._vocab = self._model.vocab
+        memory.release_sparse_tensors(model.text)  # the embedding table is read by row
 
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx = self.n_ctx
