@@ -62,8 +62,14 @@ class ClosableEngine(StreamingEngine, Protocol):
 
 def open_engine(model: ModelFiles, settings: Settings) -> ClosableEngine:
     """Load ``model`` into a llama.cpp engine (the one place the CLI builds an engine)."""
+    from edgecap.engine import kernels
     from edgecap.engine.engine import Engine as LlamaEngine  # loads llama.cpp: only when captioning
 
+    if kernels.pending(model.text, settings):
+        say(
+            f"measuring which weight layout runs {model.id} faster on this CPU (once per model "
+            "file: two short prefills, about half a minute for a 7B) ..."
+        )
     return LlamaEngine(model, settings)
 
 

@@ -59,6 +59,20 @@ class Choice:
 
 def choose(text: Path, settings: Settings) -> Choice:
     """The setting if given; off on AMX; else the cached or newly measured faster way."""
+    known = _without_measuring(text, settings)
+    if known is not None:
+        return known
+    choice = measure(text)
+    _store(settings.home / "kernels.json", _key(text, detect_backend().system_info), choice)
+    return choice
+
+
+def pending(text: Path, settings: Settings) -> bool:
+    """Whether :func:`choose` will measure (the first load of this file on this machine)."""
+    return _without_measuring(text, settings) is None
+
+
+def _without_measuring(text: Path, settings: Settings) -> Choice | None:
     if settings.extra_buffers is not None:
         return Choice(settings.extra_buffers, "set by extra_buffers in the configuration")
     backend = detect_backend()
@@ -69,14 +83,10 @@ def choose(text: Path, settings: Settings) -> Choice:
     header = gguf_check.read_header(text, "text model")
     if all(t.type in UNPACKED_TYPES for t in header.tensors.values()):
         return Choice(True, "no quantized weights to repack (llama.cpp's default)")
-    key = _key(text, backend.system_info)
-    cache = settings.home / "kernels.json"
-    known = _load(cache).get(key)
-    if known is not None:
-        return Choice(known["extra_buffers"], "measured earlier: " + known["reason"], known["s"])
-    choice = measure(text)
-    _store(cache, key, choice)
-    return choice
+    known = _load(settings.home / "kernels.json").get(_key(text, backend.system_info))
+    if known is None:
+        return None
+    return Choice(known["extra_buffers"], "measured earlier: " + known["reason"], known["s"])
 
 
 def policy(settings: Settings) -> str:
