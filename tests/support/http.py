@@ -69,7 +69,8 @@ class Received:
 
 class Receiver:
     """A local HTTP server that answers a scripted list of statuses (then 200) and records
-    every POST and PUT it gets. Call ``close()`` when done."""
+    every complete POST and PUT it gets (one cut short by a dying sender is not a request).
+    Call ``close()`` when done."""
 
     def __init__(self, statuses: list[int]) -> None:
         self.statuses = list(statuses)
@@ -78,7 +79,10 @@ class Receiver:
 
         class Handler(QuietHandler):
             def _answer(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                expected = int(self.headers.get("Content-Length", 0))
+                body = self.rfile.read(expected)
+                if len(body) < expected:  # the sender died mid-request: torn, not a delivery
+                    return
                 receiver.received.append(
                     Received(
                         self.command,
