@@ -63,9 +63,12 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def start_server(home: Path, port: int, threads: int | None) -> subprocess.Popen[bytes]:
-    """``edgecap serve`` in its own process group, once /healthz answers (or an error)."""
-    env = {**os.environ, "EDGECAP_HOME": str(home)}
+def start_server(
+    home: Path, port: int, threads: int | None, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """``edgecap serve`` in its own process group, once /healthz answers (or an error);
+    ``env`` (default: this process's) plus ``EDGECAP_HOME``."""
+    env = {**(os.environ if env is None else env), "EDGECAP_HOME": str(home)}
     if threads is not None:
         env["EDGECAP_N_THREADS"] = str(threads)
     process = subprocess.Popen(

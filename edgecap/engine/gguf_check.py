@@ -13,6 +13,7 @@ References: docs/qwen25vl-gguf.md, llama.cpp ``src/models/qwen2vl.cpp`` and
 
 from __future__ import annotations
 
+import functools
 import math
 import mmap
 import struct
@@ -225,10 +226,20 @@ def _parse_header(path: Path, buffer: mmap.mmap) -> GGUFHeader:
 
 def read_header(path: Path, role: str = "model file") -> GGUFHeader:
     """The header of the GGUF file at ``path``; a missing, foreign, corrupt or truncated file
-    is a ModelError. ``role`` names the file in messages ("text model", "projector")."""
+    is a ModelError. ``role`` names the file in messages ("text model", "projector").
+
+    An engine load reads the text model's header several times (checks, the weight-layout
+    choice, the page release); while the file's size and mtime are unchanged it is parsed once.
+    """
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"The {role} {path} does not exist; check the path.", parameter="model")
+    stat = path.stat()
+    return _read_header(path, role, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _read_header(path: Path, role: str, size: int, _mtime_ns: int) -> GGUFHeader:
     with path.open("rb") as f:
         if f.read(4) != GGUF_MAGIC:
             raise ModelError(
@@ -246,7 +257,6 @@ def read_header(path: Path, role: str = "model file") -> GGUFHeader:
                     "it again; an interrupted copy is the usual cause.",
                     parameter="model",
                 ) from exc
-    size = path.stat().st_size
     end = max((t.offset + t.nbytes for t in header.tensors.values()), default=0)
     if end > size:
         raise ModelError(

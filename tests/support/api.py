@@ -29,6 +29,7 @@ from edgecap.runtime.service import TaskService
 from edgecap.runtime.worker import EngineFactory
 from edgecap.server import create_app
 from edgecap.server.app import uvicorn_options
+from tests.support.urls import LoopbackUrls
 from tests.support.waiting import wait_until
 
 TINY_ID = "edgecap-tiny-random"
@@ -82,7 +83,7 @@ def install_model(settings: Settings, files: ModelFiles | None = None) -> Regist
 # ---------------------------------------------------------------------------- the server
 
 
-class LiveServer:
+class LiveServer(LoopbackUrls):
     """The app served by uvicorn from a thread, on a free loopback port."""
 
     def __init__(self, settings: Settings, service: TaskService, registry: Registry) -> None:
@@ -117,14 +118,6 @@ class LiveServer:
     @property
     def port(self) -> int:
         return int(self.server.servers[0].sockets[0].getsockname()[1])
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/v1"
 
     def wait_ready(self) -> None:
         wait_until(lambda: self.service.ready, "the model to load", READY_TIMEOUT_S, 0.05)

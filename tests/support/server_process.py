@@ -21,6 +21,7 @@ import httpx
 from edgecap.config import Settings
 from edgecap.records import ModelFiles
 from edgecap.registry import Registry
+from tests.support.urls import LoopbackUrls
 
 READY_TIMEOUT_S = 300.0  # a busy 2-core CI box loads slowly
 
@@ -38,7 +39,7 @@ def free_port() -> int:
 
 
 @dataclass
-class ServerProcess:
+class ServerProcess(LoopbackUrls):
     """A running ``edgecap serve``; ``env`` holds its EDGECAP_* settings."""
 
     home: Path
@@ -61,14 +62,6 @@ class ServerProcess:
             )
         self.wait_ready()
         return self
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/v1"
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S

@@ -86,8 +86,7 @@ def server_concurrent(spec: Spec) -> dict[str, Any]:
     width, height = (int(v) for v in spec["size"].split("x"))
     home = bench_home(spec)
     port = free_port()
-    os.environ.update(_env(spec, home))  # this child exists for this run: start_server reads it
-    process = start_server(home, port, spec["threads"])
+    process = start_server(home, port, spec["threads"], _env(spec, home))
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     out: dict[str, Any] = {}
     try:
