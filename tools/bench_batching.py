@@ -112,7 +112,7 @@ def folder(engine: Engine, ctx: dict[str, Any], run: int) -> dict[str, Any]:
     from edgecap.batch import CaptionOptions, caption_many, find_images
 
     figures: dict[str, Any] = {}
-    for in_flight in (1, 2):
+    for in_flight in (1, 2) if run % 2 == 0 else (2, 1):  # alternate which goes first
         with tempfile.TemporaryDirectory() as tmp:
             for i in range(ctx["folder_images"]):
                 seed = 7000 + 100 * run + 10 * in_flight + i
