@@ -30,7 +30,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=3, help="interleaved rounds (median of these)")
     p.add_argument("--tokens", type=int, default=32, help="generated tokens per caption")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--budgets", default="256,1024", help="image tokens of the caption runs")
+    p.add_argument("--budgets", default="256,1024,2048", help="image tokens of the caption runs")
     p.add_argument("--encode-budgets", default="256,1024,2048")
     p.add_argument("--in-flight", default="1,2,4")
     p.add_argument(
